@@ -1,0 +1,168 @@
+/* Octet: int8/int4 inference for language models and translation. The public C API.
+ *
+ * Conventions
+ * - Every function that can fail returns octet_status; OCTET_OK is 0. On failure,
+ *   octet_last_error() returns a message for the calling thread's last failed call.
+ * - Handles are opaque. No C++ exception ever crosses this boundary.
+ * - Thread safety: an octet_model is read-only after loading and may be shared by any number of
+ *   threads; an octet_context belongs to one thread at a time (make one context per thread).
+ * - Strings are UTF-8 and passed with explicit lengths where they are outputs.
+ */
+#ifndef OCTET_H
+#define OCTET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum octet_status {
+  OCTET_OK = 0,
+  OCTET_ERR_INVALID_ARGUMENT = 1, /* a caller passed something unusable */
+  OCTET_ERR_IO = 2,               /* a file could not be opened, read, written or mapped */
+  OCTET_ERR_FORMAT = 3,           /* a file is truncated, corrupt or of an unknown version */
+  OCTET_ERR_UNSUPPORTED = 4,      /* valid input Octet does not handle (architecture, dtype) */
+  OCTET_ERR_OUT_OF_MEMORY = 5,
+  OCTET_ERR_CANCELLED = 6,        /* a callback asked to stop */
+  OCTET_ERR_INTERNAL = 7
+} octet_status;
+
+const char* octet_version(void);
+/* Message of the calling thread's last failed call ("" if none). Valid until its next call. */
+const char* octet_last_error(void);
+/* The kernel backend in use ("scalar", "avx2", "avx512", "neon"). */
+const char* octet_kernel_backend(void);
+/* Force a kernel backend for the whole process (e.g. "scalar"). Fails if this CPU cannot run it. */
+octet_status octet_set_kernel_backend(const char* name);
+
+/* ---- Models ---------------------------------------------------------------------------- */
+
+typedef struct octet_model octet_model;
+
+typedef struct octet_model_params {
+  int verify_checksums; /* 1 (default): check every tensor's checksum while loading */
+} octet_model_params;
+
+void octet_model_params_init(octet_model_params* params);
+octet_status octet_model_load(const char* path, const octet_model_params* params, octet_model** out);
+void octet_model_free(octet_model* model);
+
+const char* octet_model_architecture(const octet_model* model); /* e.g. "llama" */
+int32_t octet_model_vocab_size(const octet_model* model);
+int32_t octet_model_context_length(const octet_model* model); /* max positions it was trained for */
+int32_t octet_model_bos(const octet_model* model);           /* -1 when none */
+int32_t octet_model_eos(const octet_model* model);           /* the first EOS id, -1 when none */
+/* 1 when the model carries a chat template (instruct models). */
+int octet_model_has_chat_template(const octet_model* model);
+
+/* Text to ids. Writes at most `capacity` ids and sets *n_ids to the number the text needs; a
+ * capacity too small gives OCTET_ERR_INVALID_ARGUMENT with *n_ids set, so callers can retry.
+ * parse_special: special tokens written in the text ("<|im_start|>") become their ids. */
+octet_status octet_tokenize(const octet_model* model, const char* text, size_t text_len, int add_bos,
+                            int parse_special, int32_t* ids, size_t capacity, size_t* n_ids);
+/* Ids to text, special tokens skipped. Same capacity convention, in bytes (no terminator is
+ * counted; one is written when there is room). */
+octet_status octet_detokenize(const octet_model* model, const int32_t* ids, size_t n_ids, char* text,
+                              size_t capacity, size_t* text_len);
+
+typedef struct octet_chat_message {
+  const char* role; /* "system", "user", "assistant" */
+  const char* content;
+} octet_chat_message;
+/* Formats a conversation with the model's chat template (same capacity convention). */
+octet_status octet_chat_format(const octet_model* model, const octet_chat_message* messages,
+                               size_t n_messages, int add_generation_prompt, char* text,
+                               size_t capacity, size_t* text_len);
+
+/* ---- Generation ------------------------------------------------------------------------ */
+
+typedef struct octet_context octet_context;
+
+typedef struct octet_context_params {
+  int32_t context_length; /* KV cache positions; 0: the model's, capped at 4096 */
+  int32_t n_threads;      /* 0: all cores */
+} octet_context_params;
+
+void octet_context_params_init(octet_context_params* params);
+octet_status octet_context_create(const octet_model* model, const octet_context_params* params,
+                                  octet_context** out);
+void octet_context_free(octet_context* context);
+/* Forget the conversation: the next generate starts from an empty KV cache. */
+void octet_context_reset(octet_context* context);
+/* Positions used so far (prompt + generated tokens of every generate since the last reset). */
+int32_t octet_context_used(const octet_context* context);
+
+typedef struct octet_generate_params {
+  int32_t max_tokens;     /* default 128 */
+  float temperature;      /* 0: greedy. default 0.8 */
+  int32_t top_k;          /* 0: off. default 40 */
+  float top_p;            /* 1: off. default 0.95 */
+  float min_p;            /* 0: off. default 0.05 */
+  float repeat_penalty;   /* 1: off. default 1.1 */
+  int32_t repeat_last_n;  /* tokens the penalty looks back over; default 64 */
+  uint64_t seed;          /* same seed + same inputs: same text */
+  const char* const* stop; /* stop strings (not included in the output) */
+  size_t n_stop;
+  int add_bos;            /* prepend BOS when the context is empty (default 1) */
+  int parse_special;      /* special tokens in the prompt text become ids (default 1) */
+} octet_generate_params;
+
+void octet_generate_params_init(octet_generate_params* params);
+
+/* Called with each new piece of text, never splitting a UTF-8 character. Return non-zero to
+ * stop generating (octet_generate then returns OCTET_ERR_CANCELLED). */
+typedef int (*octet_text_callback)(const char* text, size_t len, void* user_data);
+
+typedef enum octet_stop_reason {
+  OCTET_STOP_EOS = 0,
+  OCTET_STOP_MAX_TOKENS = 1,
+  OCTET_STOP_STRING = 2,
+  OCTET_STOP_CONTEXT_FULL = 3,
+  OCTET_STOP_CANCELLED = 4
+} octet_stop_reason;
+
+typedef struct octet_generate_stats {
+  int32_t prompt_tokens;
+  int32_t generated_tokens;
+  double prompt_seconds;
+  double generate_seconds;
+  octet_stop_reason stop_reason;
+} octet_generate_stats;
+
+/* Appends `prompt` to the context's conversation and generates a continuation, streaming it to
+ * `callback` (may be NULL). stats may be NULL. */
+octet_status octet_generate(octet_context* context, const char* prompt, size_t prompt_len,
+                            const octet_generate_params* params, octet_text_callback callback,
+                            void* user_data, octet_generate_stats* stats);
+
+/* ---- Conversion -------------------------------------------------------------------------- */
+
+typedef struct octet_convert_params {
+  const char* quant;          /* "f32", "f16", "q8_0" (default), "q4_0", "q4_1" */
+  const char* embedding_type; /* type for the token embedding; NULL: same as quant */
+  const char* output_type;    /* type for the output head; NULL: same as quant */
+  const char* tokenizer_path; /* llama2.c checkpoints: the SentencePiece .model; NULL: look beside */
+} octet_convert_params;
+
+void octet_convert_params_init(octet_convert_params* params);
+/* Called as tensors are written: done and total in bytes of output; `name` is the tensor. */
+typedef void (*octet_progress_callback)(uint64_t done, uint64_t total, const char* name, void* user_data);
+
+typedef struct octet_convert_stats {
+  int64_t tensors;
+  uint64_t bytes;
+  int64_t parameters;
+  double bits_per_weight; /* over the matrices that were quantized */
+  double seconds;
+} octet_convert_stats;
+
+/* Converts a checkpoint (Hugging Face folder, or llama2.c .bin) into one .qbin file. */
+octet_status octet_convert(const char* input, const char* output, const octet_convert_params* params,
+                           octet_progress_callback progress, void* user_data, octet_convert_stats* stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OCTET_H */

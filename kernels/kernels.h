@@ -1,0 +1,40 @@
+// The narrow interface the engine uses for all heavy math. Everything here works on raw memory
+// and the block structs of blocks.h; kernels/ includes nothing from engine/.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/blocks.h"
+
+namespace octet::kernels {
+
+// Bytes taken by one row of n elements of type t (n must be a multiple of kBlockSize for the
+// block types). Returns 0 when n is not valid for t.
+size_t row_bytes(DType t, int64_t n);
+const char* dtype_name(DType t);  // "f32", "f16", "q8_0", "q4_0", "q4_1"
+bool dtype_from_name(const char* name, DType* out);
+bool dtype_is_valid(uint32_t raw);
+
+// Reference (scalar) conversions between f32 and a stored type. Used by the converter, so the
+// bytes in a file never depend on the CPU that wrote it.
+void quantize_row(DType t, const float* src, void* dst, int64_t n);
+void dequantize_row(DType t, const void* src, float* dst, int64_t n);
+
+// Y[m][n] = sum_k X[m][k] * W[n][k]   (X: M x K f32 row-major, W: N rows of K elements of type
+// wtype, Y: M x N f32 row-major; ldy is Y's row stride in floats, >= N).
+// Quantized weights: X is quantized per block to int8 on the fly, so the inner loop is
+// int8 x int8 (or int4 x int8) into int32. Runs on the OpenMP threads of the caller's team
+// size (omp_get_max_threads()). Allocates nothing per call once warmed up.
+void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, int64_t M, float* Y,
+            int64_t ldy);
+
+// Which implementation is active: "scalar", "avx2", "avx512", "neon". The best one this CPU
+// supports is chosen at start-up; the environment variable OCTET_KERNELS=<name> or
+// force_backend() overrides it. force_backend returns false (and changes nothing) when the CPU
+// cannot run that backend or the name is unknown.
+const char* backend_name();
+bool force_backend(const char* name);
+// The backends this CPU can run, best last, as a null-terminated list of names.
+const char* const* available_backends();
+
+}  // namespace octet::kernels
