@@ -126,6 +126,7 @@ class File {
   File() = default;
   Metadata metadata_;
   std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t, std::less<>> index_;  // name -> position in tensors_
   const uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
   uint64_t data_offset_ = 0;
