@@ -80,11 +80,11 @@ OCTET_HD inline uint16_t fp32_to_fp16(float f) {
   if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds to >= 65520: infinity
   if (abs < 0x38800000u) {                                     // below the smallest normal half
     if (abs < 0x33000000u) return (uint16_t)sign;              // rounds to zero
-    const uint32_t shift = 126u - (abs >> 23);
+    const uint32_t shift = 126u - (abs >> 23);  // 14..24: h counts subnormal steps of 2^-24
     const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-    uint32_t h = mant >> (shift + 1);
-    const uint32_t rem = mant & ((1u << (shift + 1)) - 1u);
-    const uint32_t half = 1u << shift;
+    uint32_t h = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1u);
+    const uint32_t half = 1u << (shift - 1);
     if (rem > half || (rem == half && (h & 1u))) ++h;
     return (uint16_t)(sign | h);
   }

@@ -24,7 +24,8 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 // wtype, Y: M x N f32 row-major; ldy is Y's row stride in floats, >= N).
 // Quantized weights: X is quantized per block to int8 on the fly, so the inner loop is
 // int8 x int8 (or int4 x int8) into int32. Runs on the OpenMP threads of the caller's team
-// size (omp_get_max_threads()). Allocates nothing per call once warmed up.
+// size (omp_get_max_threads()). Allocates nothing per call once warmed up. A K that row_bytes
+// rejects for wtype, or ldy < N, is a caller bug: it aborts with a message.
 void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, int64_t M, float* Y,
             int64_t ldy);
 

@@ -1,0 +1,54 @@
+// Internal to kernels/: the one narrow table each instruction-set file fills in. matmul.cpp does
+// the threading and tiling and calls only through this table, so an ISA file holds nothing but
+// its inner loops.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/blocks.h"
+
+namespace octet::kernels {
+
+// Activation rows handled by one DotTileFn call: each weight row is read once per tile.
+constexpr int kTileRows = 4;
+
+// Quantizes k floats (k a multiple of kBlockSize) to k / kBlockSize activation blocks with
+// d = amax / 127 and q = round-half-to-even(x / d). Every backend must produce exactly the bytes
+// of the scalar one, so that all backends multiply the same integers.
+using QuantizeActFn = void (*)(const float* x, BlockQ8A* out, int64_t k);
+
+// For one weight row w of k elements and `rows` (1..kTileRows) activation rows:
+//   y[r * ldy] = dot(w, activation row r),  r < rows.
+// Activation row r starts at x + r * x_stride bytes: BlockQ8A blocks when the weight type is
+// quantized, f32 otherwise.
+using DotTileFn = void (*)(const void* w, const void* x, size_t x_stride, int rows, int64_t k,
+                           float* y, int64_t ldy);
+
+// No function in an ISA file may run before dispatch.cpp has checked the CPU (which it does in
+// plain x86-64 code), so the table holds only the kernels.
+struct Backend {
+  const char* name;
+  QuantizeActFn quantize_act;
+  DotTileFn dot[5];  // indexed by DType
+};
+
+// True for the block types, whose activations are quantized to BlockQ8A.
+constexpr bool is_quantized(DType t) { return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_1; }
+
+// Element j (0..31) of a Q4 block: low nibbles hold elements 0..15, high nibbles 16..31.
+inline int q4_nibble(const uint8_t* qs, int j) {
+  return j < kBlockSize / 2 ? (qs[j] & 0x0f) : (qs[j - kBlockSize / 2] >> 4);
+}
+
+// Defined in the per-ISA files.
+const Backend& scalar_backend();
+#if defined(__x86_64__) || defined(_M_X64)
+const Backend& avx2_backend();
+const Backend& avx512_backend();
+#endif
+
+// The backend matmul uses now (see dispatch.cpp), and lookup by name (nullptr when unknown).
+const Backend& active_backend();
+const Backend* find_backend(const char* name);
+
+}  // namespace octet::kernels

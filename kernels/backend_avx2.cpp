@@ -1,0 +1,182 @@
+// AVX2 + FMA + F16C backend. One 32-element block is one 256-bit vector of bytes; int8 products
+// use maddubs (u8 x s8 -> pairs in i16) then madd (-> i32), so they are exact.
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "kernels/backend.h"
+
+namespace octet::kernels {
+
+namespace {
+
+float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+int32_t hsum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
+float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// Same arithmetic as the scalar quantizer (a true division, ties to even), so the same bytes.
+void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i byte_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < k / kBlockSize; ++b, x += kBlockSize) {
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + 8 * i);
+    const __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+                                      _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+    const float d = hmax(amax) / 127.0f;
+    out[b].d = d;
+    if (d == 0) {
+      _mm256_storeu_si256((__m256i*)out[b].qs, _mm256_setzero_si256());
+      out[b].s = 0;
+      continue;
+    }
+    const __m256 vd = _mm256_set1_ps(d);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i)
+      q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_div_ps(v[i], vd), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const int32_t sum = hsum(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    // The packs interleave 128-bit lanes; the permute restores element order.
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i*)out[b].qs, _mm256_permutevar8x32_epi32(bytes, byte_order));
+    out[b].s = d * (float)sum;
+  }
+}
+
+template <DType T>
+using BlockOf = std::conditional_t<T == DType::Q8_0, BlockQ8_0,
+                                   std::conditional_t<T == DType::Q4_0, BlockQ4_0, BlockQ4_1>>;
+
+// A Q4 block's 32 nibbles as bytes in element order (low nibbles are elements 0..15).
+__m256i unpack_nibbles(const uint8_t* qs) {
+  const __m128i packed = _mm_loadu_si128((const __m128i*)qs);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
+}
+
+// The block's weights as bytes: signed for Q8_0 and Q4_0 (q - 8), unsigned nibbles for Q4_1.
+template <DType T>
+__m256i load_weights(const BlockOf<T>& blk) {
+  if constexpr (T == DType::Q8_0) return _mm256_loadu_si256((const __m256i*)blk.qs);
+  else if constexpr (T == DType::Q4_0) return _mm256_sub_epi8(unpack_nibbles(blk.qs), _mm256_set1_epi8(8));
+  else return unpack_nibbles(blk.qs);
+}
+
+// Dot products of weight rows with R activation rows at once: each weight block is loaded and
+// unpacked once per tile. One accumulator per row per unrolled block; a single row gets two, so
+// the FMA latency chain does not limit GEMV.
+template <DType T, int R>
+void dot_tile_q(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
+  constexpr int U = R == 1 ? 2 : 1;
+  const BlockOf<T>* wb = static_cast<const BlockOf<T>*>(w);
+  const BlockQ8A* xb[R];
+  for (int r = 0; r < R; ++r) xb[r] = reinterpret_cast<const BlockQ8A*>(static_cast<const char*>(x) + r * x_stride);
+  __m256 acc[R][U];
+  float min_acc[R];  // Q4_1: sum of m * s
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
+    min_acc[r] = 0;
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  auto step = [&](int64_t b, int u) __attribute__((always_inline)) {
+    const __m256i wq = load_weights<T>(wb[b]);
+    // maddubs takes u8 x s8: signed weights give their sign to the activation, w x = |w| sign(x, w).
+    // Pair sums stay within i16: 2 * 128 * 127 < 32768.
+    const __m256i wu = T == DType::Q4_1 ? wq : _mm256_sign_epi8(wq, wq);
+    const float dw = _cvtsh_ss(wb[b].d);
+    for (int r = 0; r < R; ++r) {
+      const __m256i xq = _mm256_loadu_si256((const __m256i*)xb[r][b].qs);
+      const __m256i xs = T == DType::Q4_1 ? xq : _mm256_sign_epi8(xq, wq);
+      const __m256i sumi = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), ones);
+      acc[r][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(dw * xb[r][b].d), acc[r][u]);
+      if constexpr (T == DType::Q4_1) min_acc[r] += _cvtsh_ss(wb[b].m) * xb[r][b].s;
+    }
+  };
+  const int64_t nb = k / kBlockSize;
+  int64_t b = 0;
+  for (; b + U <= nb; b += U)
+    for (int u = 0; u < U; ++u) step(b + u, u);
+  for (; b < nb; ++b) step(b, 0);
+  for (int r = 0; r < R; ++r) {
+    __m256 sum = acc[r][0];
+    for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[r][u]);
+    y[r * ldy] = hsum(sum) + min_acc[r];
+  }
+}
+
+__m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+float load1(const float* p) { return *p; }
+float load1(const uint16_t* p) { return _cvtsh_ss(*p); }
+
+// F16 / F32 weights against f32 activations; k need not be a multiple of 8.
+template <typename W, int R>
+void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
+  constexpr int U = R == 1 ? 4 : 2;
+  const W* wr = static_cast<const W*>(w);
+  const float* xr[R];
+  for (int r = 0; r < R; ++r) xr[r] = reinterpret_cast<const float*>(static_cast<const char*>(x) + r * x_stride);
+  __m256 acc[R][U];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
+  auto step = [&](int64_t i, int u) __attribute__((always_inline)) {
+    const __m256 wv = load8(wr + i);
+    for (int r = 0; r < R; ++r) acc[r][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xr[r] + i), acc[r][u]);
+  };
+  int64_t i = 0;
+  for (; i + 8 * U <= k; i += 8 * U)
+    for (int u = 0; u < U; ++u) step(i + 8 * u, u);
+  for (; i + 8 <= k; i += 8) step(i, 0);
+  for (int r = 0; r < R; ++r) {
+    __m256 sum = acc[r][0];
+    for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[r][u]);
+    float tail = 0;
+    for (int64_t j = i; j < k; ++j) tail += load1(wr + j) * xr[r][j];
+    y[r * ldy] = hsum(sum) + tail;
+  }
+}
+
+using TileR = void (*)(const void*, const void*, size_t, int64_t, float*, int64_t);
+template <TileR Tile1, TileR Tile2, TileR Tile3, TileR Tile4>
+void by_rows(const void* w, const void* x, size_t x_stride, int rows, int64_t k, float* y, int64_t ldy) {
+  static_assert(kTileRows == 4);
+  switch (rows) {
+    case 1: Tile1(w, x, x_stride, k, y, ldy); break;
+    case 2: Tile2(w, x, x_stride, k, y, ldy); break;
+    case 3: Tile3(w, x, x_stride, k, y, ldy); break;
+    default: Tile4(w, x, x_stride, k, y, ldy); break;
+  }
+}
+
+template <DType T>
+constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
+template <typename W>
+constexpr DotTileFn kTileF = by_rows<dot_tile_f<W, 1>, dot_tile_f<W, 2>, dot_tile_f<W, 3>, dot_tile_f<W, 4>>;
+
+}  // namespace
+
+const Backend& avx2_backend() {
+  static const Backend backend = {
+      "avx2",
+      quantize_act,
+      {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
+  };
+  return backend;
+}
+
+}  // namespace octet::kernels

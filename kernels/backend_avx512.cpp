@@ -1,0 +1,173 @@
+// AVX-512 (F, BW, VL, VNNI) backend. Two 32-element blocks fill one 512-bit vector; int8
+// products use vpdpbusd (u8 x s8, four products summed into each i32 lane), so they are exact.
+// GCC 12's AVX-512 intrinsics self-initialise their "undefined" vectors and then warn about it
+// wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "kernels/backend.h"
+
+namespace octet::kernels {
+
+namespace {
+
+// Same arithmetic as the scalar quantizer (a true division, ties to even), so the same bytes.
+void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
+  for (int64_t b = 0; b < k / kBlockSize; ++b, x += kBlockSize) {
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 127.0f;
+    out[b].d = d;
+    if (d == 0) {
+      _mm256_storeu_si256((__m256i*)out[b].qs, _mm256_setzero_si256());
+      out[b].s = 0;
+      continue;
+    }
+    const __m512 vd = _mm512_set1_ps(d);
+    constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(v0, vd), kNearest));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(v1, vd), kNearest));
+    _mm_storeu_si128((__m128i*)out[b].qs, _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128((__m128i*)(out[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
+    out[b].s = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  }
+}
+
+template <DType T>
+using BlockOf = std::conditional_t<T == DType::Q8_0, BlockQ8_0,
+                                   std::conditional_t<T == DType::Q4_0, BlockQ4_0, BlockQ4_1>>;
+
+// The 32 bytes at a, then the 32 at b.
+__m512i load_pair(const int8_t* a, const int8_t* b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a)),
+                            _mm256_loadu_si256((const __m256i*)b), 1);
+}
+
+// Two Q4 blocks' nibbles as bytes in element order: 128-bit lanes [a low, a high, b low, b high].
+__m512i unpack_nibbles_pair(const uint8_t* a, const uint8_t* b) {
+  const __m256i packed = _mm256_set_m128i(_mm_loadu_si128((const __m128i*)b), _mm_loadu_si128((const __m128i*)a));
+  const __m512i dup = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(packed));
+  const __m512i high_in_odd_lanes = _mm512_mask_srli_epi16(dup, 0xff00ff00u, dup, 4);
+  return _mm512_and_si512(high_in_odd_lanes, _mm512_set1_epi8(0x0f));
+}
+
+// Two blocks' weights as bytes: signed for Q8_0 and Q4_0 (q - 8), unsigned nibbles for Q4_1.
+template <DType T>
+__m512i load_weight_pair(const BlockOf<T>& a, const BlockOf<T>& b) {
+  if constexpr (T == DType::Q8_0) return load_pair(a.qs, b.qs);
+  else if constexpr (T == DType::Q4_0) return _mm512_sub_epi8(unpack_nibbles_pair(a.qs, b.qs), _mm512_set1_epi8(8));
+  else return unpack_nibbles_pair(a.qs, b.qs);
+}
+
+// Low 8 lanes a, high 8 lanes b: the per-block scales of a block pair.
+__m512 pair_scales(float a, float b) { return _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(a), _mm512_set1_ps(b)); }
+
+// Dot products of one weight row with R activation rows: each weight block pair is loaded and
+// unpacked once per tile. A single row (GEMV) gets two accumulators to hide the FMA latency.
+template <DType T, int R>
+void dot_tile_q(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
+  constexpr int U = R == 1 ? 2 : 1;
+  const BlockOf<T>* wb = static_cast<const BlockOf<T>*>(w);
+  const BlockQ8A* xb[R];
+  for (int r = 0; r < R; ++r) xb[r] = reinterpret_cast<const BlockQ8A*>(static_cast<const char*>(x) + r * x_stride);
+  __m512 acc[R][U];
+  float min_acc[R];  // Q4_1: sum of m * s
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < U; ++u) acc[r][u] = _mm512_setzero_ps();
+    min_acc[r] = 0;
+  }
+  // Blocks b0 and b1; for a lone last block b1 == b0 and its second copy gets scale 0.
+  auto step = [&](int64_t b0, int64_t b1, bool pair, int u) __attribute__((always_inline)) {
+    const __m512i wq = load_weight_pair<T>(wb[b0], wb[b1]);
+    // vpdpbusd takes u8 x s8: signed weights give their sign to the activation, w x = |w| sign(x, w).
+    const __m512i wu = T == DType::Q4_1 ? wq : _mm512_abs_epi8(wq);
+    const __mmask64 neg = T == DType::Q4_1 ? 0 : _mm512_movepi8_mask(wq);
+    const __m512 dw = pair_scales(_cvtsh_ss(wb[b0].d), pair ? _cvtsh_ss(wb[b1].d) : 0.0f);
+    for (int r = 0; r < R; ++r) {
+      const __m512i xq = load_pair(xb[r][b0].qs, xb[r][b1].qs);
+      const __m512i xs = T == DType::Q4_1 ? xq : _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);
+      const __m512i sumi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, xs);
+      const __m512 scale = _mm512_mul_ps(dw, pair_scales(xb[r][b0].d, xb[r][b1].d));
+      acc[r][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, acc[r][u]);
+      if constexpr (T == DType::Q4_1) {
+        min_acc[r] += _cvtsh_ss(wb[b0].m) * xb[r][b0].s;
+        if (pair) min_acc[r] += _cvtsh_ss(wb[b1].m) * xb[r][b1].s;
+      }
+    }
+  };
+  const int64_t nb = k / kBlockSize;
+  int64_t b = 0;
+  for (; b + 2 * U <= nb; b += 2 * U)
+    for (int u = 0; u < U; ++u) step(b + 2 * u, b + 2 * u + 1, true, u);
+  for (; b + 2 <= nb; b += 2) step(b, b + 1, true, 0);
+  if (b < nb) step(b, b, false, 0);
+  for (int r = 0; r < R; ++r) {
+    __m512 sum = acc[r][0];
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[r][u]);
+    y[r * ldy] = _mm512_reduce_add_ps(sum) + min_acc[r];
+  }
+}
+
+// 16 weights as f32; lanes outside mask read nothing and are 0.
+__m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+__m512 load16(const uint16_t* p, __mmask16 mask) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p)); }
+
+// F16 / F32 weights against f32 activations; the k % 16 tail uses masked loads.
+template <typename W, int R>
+void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
+  constexpr int U = R == 1 ? 4 : 2;
+  const W* wr = static_cast<const W*>(w);
+  const float* xr[R];
+  for (int r = 0; r < R; ++r) xr[r] = reinterpret_cast<const float*>(static_cast<const char*>(x) + r * x_stride);
+  __m512 acc[R][U];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) acc[r][u] = _mm512_setzero_ps();
+  auto step = [&](int64_t i, __mmask16 mask, int u) __attribute__((always_inline)) {
+    const __m512 wv = load16(wr + i, mask);
+    for (int r = 0; r < R; ++r) acc[r][u] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mask, xr[r] + i), acc[r][u]);
+  };
+  int64_t i = 0;
+  for (; i + 16 * U <= k; i += 16 * U)
+    for (int u = 0; u < U; ++u) step(i + 16 * u, 0xffff, u);
+  for (; i + 16 <= k; i += 16) step(i, 0xffff, 0);
+  if (i < k) step(i, (__mmask16)((1u << (k - i)) - 1), 0);
+  for (int r = 0; r < R; ++r) {
+    __m512 sum = acc[r][0];
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[r][u]);
+    y[r * ldy] = _mm512_reduce_add_ps(sum);
+  }
+}
+
+using TileR = void (*)(const void*, const void*, size_t, int64_t, float*, int64_t);
+template <TileR Tile1, TileR Tile2, TileR Tile3, TileR Tile4>
+void by_rows(const void* w, const void* x, size_t x_stride, int rows, int64_t k, float* y, int64_t ldy) {
+  static_assert(kTileRows == 4);
+  switch (rows) {
+    case 1: Tile1(w, x, x_stride, k, y, ldy); break;
+    case 2: Tile2(w, x, x_stride, k, y, ldy); break;
+    case 3: Tile3(w, x, x_stride, k, y, ldy); break;
+    default: Tile4(w, x, x_stride, k, y, ldy); break;
+  }
+}
+
+template <DType T>
+constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
+template <typename W>
+constexpr DotTileFn kTileF = by_rows<dot_tile_f<W, 1>, dot_tile_f<W, 2>, dot_tile_f<W, 3>, dot_tile_f<W, 4>>;
+
+}  // namespace
+
+const Backend& avx512_backend() {
+  static const Backend backend = {
+      "avx512",
+      quantize_act,
+      {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
+  };
+  return backend;
+}
+
+}  // namespace octet::kernels

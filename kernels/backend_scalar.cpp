@@ -1,0 +1,101 @@
+// The scalar backend: the reference every SIMD backend is tested against, and the fallback on
+// CPUs without one. Integer block sums are exact; block results are added in double so that the
+// reference itself contributes (almost) no rounding to the comparison.
+#include <cmath>
+
+#include "kernels/backend.h"
+
+namespace octet::kernels {
+
+namespace {
+
+void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
+  for (int64_t b = 0; b < k / kBlockSize; ++b, x += kBlockSize) {
+    float amax = 0;
+    for (int j = 0; j < kBlockSize; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    int sum = 0;
+    for (int j = 0; j < kBlockSize; ++j) {
+      // |x / d| <= 127 by construction; the clamp only gives NaN input a defined result.
+      const float r = d == 0 ? 0.0f : std::nearbyint(x[j] / d);
+      const int q = r >= -127.0f ? (r <= 127.0f ? (int)r : 127) : -127;
+      out[b].qs[j] = (int8_t)q;
+      sum += q;
+    }
+    out[b].d = d;
+    out[b].s = d * (float)sum;
+  }
+}
+
+// One weight row of nb blocks against one activation row.
+float dot_q8_0(const BlockQ8_0* w, const BlockQ8A* x, int64_t nb) {
+  double acc = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t sumi = 0;
+    for (int j = 0; j < kBlockSize; ++j) sumi += w[b].qs[j] * x[b].qs[j];
+    acc += (float)sumi * (fp16_to_fp32(w[b].d) * x[b].d);
+  }
+  return (float)acc;
+}
+
+float dot_q4_0(const BlockQ4_0* w, const BlockQ8A* x, int64_t nb) {
+  double acc = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t sumi = 0;
+    for (int j = 0; j < kBlockSize; ++j) sumi += (q4_nibble(w[b].qs, j) - 8) * x[b].qs[j];
+    acc += (float)sumi * (fp16_to_fp32(w[b].d) * x[b].d);
+  }
+  return (float)acc;
+}
+
+// sum_j (d q_j + m) x_j = d dx sum_j q_j xq_j + m s, with s = dx sum_j xq_j from the activation.
+float dot_q4_1(const BlockQ4_1* w, const BlockQ8A* x, int64_t nb) {
+  double acc = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t sumi = 0;
+    for (int j = 0; j < kBlockSize; ++j) sumi += q4_nibble(w[b].qs, j) * x[b].qs[j];
+    acc += (float)sumi * (fp16_to_fp32(w[b].d) * x[b].d) + fp16_to_fp32(w[b].m) * x[b].s;
+  }
+  return (float)acc;
+}
+
+float dot_f16(const uint16_t* w, const float* x, int64_t k) {
+  double acc = 0;
+  for (int64_t i = 0; i < k; ++i) acc += (double)(fp16_to_fp32(w[i]) * x[i]);
+  return (float)acc;
+}
+
+float dot_f32(const float* w, const float* x, int64_t k) {
+  double acc = 0;
+  for (int64_t i = 0; i < k; ++i) acc += (double)(w[i] * x[i]);
+  return (float)acc;
+}
+
+// Adapts a one-row dot to the tile signature. Block dots take a block count, float dots k.
+template <typename W, typename X, float (*Dot)(const W*, const X*, int64_t), bool kBlocks>
+void tile(const void* w, const void* x, size_t x_stride, int rows, int64_t k, float* y, int64_t ldy) {
+  const int64_t n = kBlocks ? k / kBlockSize : k;
+  for (int r = 0; r < rows; ++r) {
+    const X* xr = reinterpret_cast<const X*>(static_cast<const char*>(x) + r * x_stride);
+    y[r * ldy] = Dot(static_cast<const W*>(w), xr, n);
+  }
+}
+
+}  // namespace
+
+const Backend& scalar_backend() {
+  static const Backend backend = {
+      "scalar",
+      quantize_act,
+      {
+          tile<float, float, dot_f32, false>,
+          tile<uint16_t, float, dot_f16, false>,
+          tile<BlockQ8_0, BlockQ8A, dot_q8_0, true>,
+          tile<BlockQ4_0, BlockQ8A, dot_q4_0, true>,
+          tile<BlockQ4_1, BlockQ8A, dot_q4_1, true>,
+      },
+  };
+  return backend;
+}
+
+}  // namespace octet::kernels

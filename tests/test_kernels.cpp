@@ -1,0 +1,519 @@
+// The kernels layer: type table, fp16 conversion, reference quantizers (with their error bounds),
+// and every backend this CPU runs checked against the scalar reference.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+#include <omp.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/kernels.h"
+
+using namespace octet;
+using namespace octet::kernels;
+
+namespace {
+
+// Counts operator new calls on this thread while enabled, to check matmul allocates nothing warm.
+thread_local bool g_count_allocations = false;
+thread_local int g_allocations = 0;
+
+}  // namespace
+
+// Plain malloc/free pairs; GCC cannot see that they match.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void* operator new(size_t size) {
+  if (g_count_allocations) ++g_allocations;
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+
+namespace {
+
+constexpr DType kAllTypes[] = {DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1};
+
+std::vector<std::string> backends() {
+  std::vector<std::string> out;
+  for (const char* const* n = available_backends(); *n; ++n) out.push_back(*n);
+  return out;
+}
+
+// Restores the backend active when the test started.
+struct BackendGuard {
+  std::string saved = backend_name();
+  ~BackendGuard() { force_backend(saved.c_str()); }
+};
+
+std::vector<float> random_floats(std::mt19937& rng, size_t n, float scale = 1.0f) {
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<uint8_t> quantize(DType t, const std::vector<float>& x, int64_t rows, int64_t k) {
+  std::vector<uint8_t> out(row_bytes(t, k) * rows);
+  for (int64_t r = 0; r < rows; ++r) quantize_row(t, x.data() + r * k, out.data() + r * row_bytes(t, k), k);
+  return out;
+}
+
+std::vector<float> dequantize(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t k) {
+  std::vector<float> out(rows * k);
+  for (int64_t r = 0; r < rows; ++r) dequantize_row(t, w.data() + r * row_bytes(t, k), out.data() + r * k, k);
+  return out;
+}
+
+// The activation values the quantized kernels actually multiply: X rounded per block to int8.
+std::vector<float> quantized_activations(const std::vector<float>& x, int64_t rows, int64_t k) {
+  std::vector<BlockQ8A> blocks(k / kBlockSize);
+  std::vector<float> out(rows * k);
+  for (int64_t r = 0; r < rows; ++r) {
+    scalar_backend().quantize_act(x.data() + r * k, blocks.data(), k);
+    for (int64_t i = 0; i < k; ++i) out[r * k + i] = blocks[i / kBlockSize].d * blocks[i / kBlockSize].qs[i % kBlockSize];
+  }
+  return out;
+}
+
+// Per-element magnitude of a weight as the kernels see it: for Q4_1 the d q and m parts are
+// added separately (and may cancel), so both count.
+std::vector<float> weight_magnitudes(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t k) {
+  std::vector<float> out = dequantize(t, w, rows, k);
+  for (float& v : out) v = std::fabs(v);
+  if (t == DType::Q4_1) {
+    const int64_t nb = k / kBlockSize;
+    const BlockQ4_1* blocks = reinterpret_cast<const BlockQ4_1*>(w.data());
+    for (int64_t i = 0; i < rows * k; ++i) {
+      const BlockQ4_1& b = blocks[(i / k) * nb + (i % k) / kBlockSize];
+      out[i] = std::fabs(fp16_to_fp32(b.d)) * q4_nibble(b.qs, (int)(i % kBlockSize)) + std::fabs(fp16_to_fp32(b.m));
+    }
+  }
+  return out;
+}
+
+// A float sum of n terms is off by at most n * eps * sum|terms| (Higham's gamma_n bound). In every
+// backend the longest chain of additions into one lane is at most k/16 + 16: SIMD lanes take every
+// 16th (AVX2 F32, two accumulators) or sparser element, block kernels one term per block, plus the
+// final reduction, a scalar tail and the rounding of each block term (scale products).
+double summation_tolerance(int64_t k, double abs_terms) {
+  return (double)(k / 16 + 16) * FLT_EPSILON * abs_terms + 1e-30;
+}
+
+}  // namespace
+
+TEST_CASE("element type table") {
+  CHECK(row_bytes(DType::F32, 10) == 40);
+  CHECK(row_bytes(DType::F16, 10) == 20);
+  CHECK(row_bytes(DType::Q8_0, 64) == 68);
+  CHECK(row_bytes(DType::Q4_0, 64) == 36);
+  CHECK(row_bytes(DType::Q4_1, 64) == 40);
+  CHECK(row_bytes(DType::Q8_0, 48) == 0);  // not whole blocks
+  CHECK(row_bytes(DType::Q4_0, 0) == 0);
+  CHECK(row_bytes(DType::F32, -1) == 0);
+  for (DType t : kAllTypes) {
+    DType back;
+    REQUIRE(dtype_from_name(dtype_name(t), &back));
+    CHECK(back == t);
+    CHECK(dtype_is_valid((uint32_t)t));
+  }
+  DType unused;
+  CHECK_FALSE(dtype_from_name("q5_0", &unused));
+  CHECK_FALSE(dtype_from_name("", &unused));
+  CHECK_FALSE(dtype_from_name(nullptr, &unused));
+  CHECK_FALSE(dtype_is_valid(5));
+  CHECK_FALSE(dtype_is_valid(0xffffffffu));
+}
+
+TEST_CASE("fp16: every half round-trips through f32") {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = fp16_to_fp32((uint16_t)h);
+    const bool nan = (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0;
+    if (nan) {
+      CHECK(std::isnan(f));
+      CHECK(((fp32_to_fp16(f) & 0x7c00u) == 0x7c00u && (fp32_to_fp16(f) & 0x3ffu) != 0));
+    } else if (fp32_to_fp16(f) != h) {
+      FAIL("half 0x" << std::hex << h << " does not round-trip");
+    }
+  }
+}
+
+TEST_CASE("fp16: known values") {
+  CHECK(fp16_to_fp32(0x3c00) == 1.0f);
+  CHECK(fp16_to_fp32(0xc000) == -2.0f);
+  CHECK(fp16_to_fp32(0x7bff) == 65504.0f);
+  CHECK(fp16_to_fp32(0x0400) == std::ldexp(1.0f, -14));  // smallest normal
+  CHECK(fp16_to_fp32(0x0001) == std::ldexp(1.0f, -24));  // smallest subnormal
+  CHECK(fp16_to_fp32(0x03ff) == std::ldexp(1023.0f, -24));
+  CHECK(fp16_to_fp32(0x7c00) == INFINITY);
+  CHECK(fp16_to_fp32(0xfc00) == -INFINITY);
+  CHECK(std::signbit(fp16_to_fp32(0x8000)));
+  CHECK(std::isnan(fp16_to_fp32(0x7e00)));
+
+  CHECK(fp32_to_fp16(1.0f) == 0x3c00);
+  CHECK(fp32_to_fp16(-0.0f) == 0x8000);
+  CHECK(fp32_to_fp16(65504.0f) == 0x7bff);
+  CHECK(fp32_to_fp16(65519.0f) == 0x7bff);  // below the midpoint to 65536
+  CHECK(fp32_to_fp16(65520.0f) == 0x7c00);  // the midpoint rounds to even: infinity
+  CHECK(fp32_to_fp16(1e10f) == 0x7c00);
+  CHECK(fp32_to_fp16(-INFINITY) == 0xfc00);
+  CHECK(fp32_to_fp16(std::ldexp(1.0f, -25)) == 0x0000);  // half the smallest subnormal: tie to 0
+  CHECK(fp32_to_fp16(std::ldexp(1.0001f, -25)) == 0x0001);
+  CHECK(fp32_to_fp16(std::ldexp(3.0f, -25)) == 0x0002);  // tie between 1 and 2 subnormal steps
+  CHECK(fp32_to_fp16(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);       // tie: even
+  CHECK(fp32_to_fp16(1.0f + std::ldexp(3.0f, -11)) == 0x3c02);       // tie: even
+  CHECK(fp32_to_fp16(std::ldexp(1.0f, -30)) == 0x0000);
+  const uint16_t nan = fp32_to_fp16(NAN);
+  CHECK(((nan & 0x7c00) == 0x7c00 && (nan & 0x3ff) != 0));
+}
+
+TEST_CASE("fp16: f32 values round to the nearest half, ties to even") {
+  // Between each pair of adjacent finite halves a < b: the midpoint goes to the even one, values
+  // just off it to the nearer one. Midpoints are exact in f32 (12 significant bits).
+  for (uint32_t h = 0; h < 0x7bff; ++h) {
+    for (uint32_t sign : {0u, 0x8000u}) {
+      const uint16_t lo = (uint16_t)(h | sign), hi = (uint16_t)((h + 1) | sign);
+      const float a = fp16_to_fp32(lo), b = fp16_to_fp32(hi);
+      const float mid = a + (b - a) / 2;
+      REQUIRE(fp32_to_fp16(mid) == ((h & 1) ? hi : lo));
+      REQUIRE(fp32_to_fp16(std::nextafter(mid, a)) == lo);
+      REQUIRE(fp32_to_fp16(std::nextafter(mid, b)) == hi);
+    }
+  }
+}
+
+TEST_CASE("round trip F32 is exact, F16 is the fp16 rounding") {
+  std::mt19937 rng(1);
+  const std::vector<float> x = random_floats(rng, 1000, 3.0f);
+  std::vector<float> y(x.size());
+  std::vector<uint8_t> buf(row_bytes(DType::F32, (int64_t)x.size()));
+  quantize_row(DType::F32, x.data(), buf.data(), (int64_t)x.size());
+  dequantize_row(DType::F32, buf.data(), y.data(), (int64_t)x.size());
+  CHECK(std::memcmp(x.data(), y.data(), x.size() * 4) == 0);
+  quantize_row(DType::F16, x.data(), buf.data(), (int64_t)x.size());
+  dequantize_row(DType::F16, buf.data(), y.data(), (int64_t)x.size());
+  for (size_t i = 0; i < x.size(); ++i) REQUIRE(y[i] == fp16_to_fp32(fp32_to_fp16(x[i])));
+}
+
+namespace {
+
+// Blocks that stress the quantizers: plain noise, constant, one outlier, one sign only, zero,
+// tiny (fp16-subnormal and underflowing scales) and large magnitudes (still within the fp16
+// range of every scale: amax / 8 < 65504).
+std::vector<std::vector<float>> test_blocks() {
+  std::mt19937 rng(7);
+  std::vector<std::vector<float>> blocks;
+  for (float scale : {1.0f, 1e-3f, 1e-6f, 1e-9f, 1e4f}) {
+    blocks.push_back(random_floats(rng, kBlockSize, scale));
+    std::vector<float> outlier = random_floats(rng, kBlockSize, scale * 1e-3f);
+    outlier[5] = scale;
+    blocks.push_back(outlier);
+    std::vector<float> positive = random_floats(rng, kBlockSize, scale);
+    for (float& v : positive) v = std::fabs(v) + scale;
+    blocks.push_back(positive);
+    std::vector<float> negative = positive;
+    for (float& v : negative) v = -v;
+    blocks.push_back(negative);
+    blocks.push_back(std::vector<float>(kBlockSize, scale));
+    blocks.push_back(std::vector<float>(kBlockSize, -scale));
+  }
+  blocks.push_back(std::vector<float>(kBlockSize, 0.0f));
+  std::vector<float> steps(kBlockSize);
+  for (int j = 0; j < kBlockSize; ++j) steps[j] = (float)(j - 16) * 0.5f;  // ties in x / d
+  blocks.push_back(steps);
+  return blocks;
+}
+
+float amax_of(const std::vector<float>& x) {
+  float a = 0;
+  for (float v : x) a = std::fmax(a, std::fabs(v));
+  return a;
+}
+
+}  // namespace
+
+// Bounds for blocks within fp16 range (amax up to ~1e6 here). The slack is f32 rounding of x / d
+// and of d q (+ m): a few ulps of the block's magnitude.
+TEST_CASE("round trip Q8_0: error <= d/2, d at most one fp16 step above amax/127") {
+  for (const std::vector<float>& x : test_blocks()) {
+    BlockQ8_0 blk;
+    float y[kBlockSize];
+    quantize_row(DType::Q8_0, x.data(), &blk, kBlockSize);
+    dequantize_row(DType::Q8_0, &blk, y, kBlockSize);
+    const float amax = amax_of(x), d = fp16_to_fp32(blk.d);
+    CHECK(d * 127.0f >= amax);                                         // nothing clips
+    CHECK(d <= amax / 127.0f * (1 + 1.0f / 1024) + std::ldexp(1.0f, -24));  // up by <= 1 fp16 step
+    const float slack = 4 * FLT_EPSILON * amax;
+    for (int j = 0; j < kBlockSize; ++j) REQUIRE(std::fabs(y[j] - x[j]) <= d / 2 + slack);
+  }
+}
+
+TEST_CASE("round trip Q4_0: error <= |d|/2 except the clipped side (<= |d|)") {
+  for (const std::vector<float>& x : test_blocks()) {
+    BlockQ4_0 blk;
+    float y[kBlockSize];
+    quantize_row(DType::Q4_0, x.data(), &blk, kBlockSize);
+    dequantize_row(DType::Q4_0, &blk, y, kBlockSize);
+    const float amax = amax_of(x), d = fp16_to_fp32(blk.d);
+    CHECK(std::fabs(d) * 8.0f >= amax);
+    const float slack = 4 * FLT_EPSILON * amax;
+    for (int j = 0; j < kBlockSize; ++j) {
+      // d has the opposite sign of the largest value, so values on that value's side map to
+      // q - 8 in [-8, 0]; the other side reaches only +7, and values beyond 7.5 |d| clip.
+      const bool clipped_side = x[j] / d > 7.5f;
+      REQUIRE(std::fabs(y[j] - x[j]) <= (clipped_side ? std::fabs(d) : std::fabs(d) / 2) + slack);
+    }
+  }
+}
+
+TEST_CASE("round trip Q4_1: m <= min, error <= d/2") {
+  for (const std::vector<float>& x : test_blocks()) {
+    BlockQ4_1 blk;
+    float y[kBlockSize];
+    quantize_row(DType::Q4_1, x.data(), &blk, kBlockSize);
+    dequantize_row(DType::Q4_1, &blk, y, kBlockSize);
+    float min = x[0];
+    for (float v : x) min = std::fmin(min, v);
+    const float d = fp16_to_fp32(blk.d), m = fp16_to_fp32(blk.m);
+    CHECK(m <= min);
+    CHECK(d >= 0);
+    const float slack = 8 * FLT_EPSILON * amax_of(x);
+    for (int j = 0; j < kBlockSize; ++j) REQUIRE(std::fabs(y[j] - x[j]) <= d / 2 + slack);
+  }
+}
+
+TEST_CASE("quantizers: zero blocks are exact and values beyond fp16 range saturate") {
+  std::vector<float> zeros(2 * kBlockSize, 0.0f), y(2 * kBlockSize);
+  for (DType t : kAllTypes) {
+    std::vector<uint8_t> buf(row_bytes(t, 2 * kBlockSize));
+    quantize_row(t, zeros.data(), buf.data(), 2 * kBlockSize);
+    dequantize_row(t, buf.data(), y.data(), 2 * kBlockSize);
+    for (float v : y) REQUIRE(v == 0.0f);
+  }
+  // 1e12 is far beyond 65504 * 127: the scale saturates at the largest half, results stay finite
+  // with the right sign.
+  std::vector<float> huge(kBlockSize);
+  for (int j = 0; j < kBlockSize; ++j) huge[j] = (j % 2 ? 1e12f : -1e12f) * (float)(j + 1);
+  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1}) {
+    std::vector<uint8_t> buf(row_bytes(t, kBlockSize));
+    quantize_row(t, huge.data(), buf.data(), kBlockSize);
+    dequantize_row(t, buf.data(), y.data(), kBlockSize);
+    for (int j = 0; j < kBlockSize; ++j) {
+      REQUIRE(std::isfinite(y[j]));
+      if (t != DType::Q4_1) REQUIRE((y[j] > 0) == (huge[j] > 0));  // Q4_1's m saturates too
+    }
+  }
+}
+
+TEST_CASE("activation quantizer: ties to even, s = d * sum(q), |x - d q| <= d/2") {
+  std::vector<float> x(kBlockSize);
+  x[0] = 127.0f;  // d = 1, so the others are exact ties
+  for (int j = 1; j < kBlockSize; ++j) x[j] = (float)(j - 16) + 0.5f;
+  BlockQ8A blk;
+  scalar_backend().quantize_act(x.data(), &blk, kBlockSize);
+  CHECK(blk.d == 1.0f);
+  int sum = 0;
+  for (int j = 0; j < kBlockSize; ++j) {
+    REQUIRE(blk.qs[j] == (int)std::nearbyint(x[j]));
+    REQUIRE(blk.qs[j] % 2 == (j == 0 ? 1 : 0));  // 127, then every tie went to the even neighbour
+    sum += blk.qs[j];
+  }
+  CHECK(blk.s == (float)sum);
+
+  for (const std::vector<float>& b : test_blocks()) {
+    scalar_backend().quantize_act(b.data(), &blk, kBlockSize);
+    sum = 0;
+    for (int j = 0; j < kBlockSize; ++j) {
+      REQUIRE(std::fabs(blk.d * blk.qs[j] - b[j]) <= blk.d / 2 + 4 * FLT_EPSILON * std::fabs(b[j]));
+      sum += blk.qs[j];
+    }
+    CHECK(blk.s == blk.d * (float)sum);
+  }
+}
+
+TEST_CASE("every backend quantizes activations to the same bytes as the scalar one") {
+  std::mt19937 rng(11);
+  std::vector<float> x;
+  for (const std::vector<float>& b : test_blocks()) x.insert(x.end(), b.begin(), b.end());
+  for (int i = 0; i < 64; ++i) {  // random blocks with exact ties
+    std::vector<float> b = random_floats(rng, kBlockSize);
+    const float amax = amax_of(b);
+    for (float& v : b) v = std::round(v / amax * 254.0f) / 2.0f;  // multiples of 0.5 up to 127
+    b[0] = 127.0f;
+    x.insert(x.end(), b.begin(), b.end());
+  }
+  const int64_t k = (int64_t)x.size();
+  std::vector<BlockQ8A> ref(k / kBlockSize), got(k / kBlockSize);
+  scalar_backend().quantize_act(x.data(), ref.data(), k);
+  for (const std::string& name : backends()) {
+    CAPTURE(name);
+    find_backend(name.c_str())->quantize_act(x.data(), got.data(), k);
+    for (int64_t b = 0; b < k / kBlockSize; ++b) {
+      CAPTURE(b);
+      REQUIRE(got[b].d == ref[b].d);
+      REQUIRE(got[b].s == ref[b].s);
+      REQUIRE(std::memcmp(got[b].qs, ref[b].qs, kBlockSize) == 0);
+    }
+  }
+}
+
+TEST_CASE("backend selection") {
+  BackendGuard guard;
+  const std::vector<std::string> names = backends();
+  REQUIRE(!names.empty());
+  CHECK(names.front() == "scalar");
+  MESSAGE("backends on this CPU: " << [&] {
+    std::string s;
+    for (const std::string& n : names) s += n + " ";
+    return s;
+  }() << "(active: " << std::string(backend_name()) << ")");
+
+  const std::string before = backend_name();
+  CHECK_FALSE(force_backend("nonsense"));
+  CHECK_FALSE(force_backend(""));
+  CHECK_FALSE(force_backend(nullptr));
+  CHECK(backend_name() == before);
+  CHECK(force_backend("scalar"));
+  CHECK(std::string(backend_name()) == "scalar");
+  for (const std::string& n : names) {
+    CHECK(force_backend(n.c_str()));
+    CHECK(backend_name() == n);
+  }
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    CHECK(names.back() == "avx512");
+#endif
+}
+
+namespace {
+
+// Runs matmul on backend `name`, into a Y with row stride ldy = N + 3 whose padding must survive.
+std::vector<float> run_matmul(const char* name, DType t, const std::vector<uint8_t>& w, int64_t n, int64_t k,
+                              const std::vector<float>& x, int64_t m) {
+  REQUIRE(force_backend(name));
+  const int64_t ldy = n + 3;
+  std::vector<float> y(m * ldy, -12345.0f);
+  matmul(t, w.data(), n, k, x.data(), m, y.data(), ldy);
+  std::vector<float> packed(m * n);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t c = n; c < ldy; ++c) REQUIRE(y[r * ldy + c] == -12345.0f);
+    std::copy(y.begin() + r * ldy, y.begin() + r * ldy + n, packed.begin() + r * n);
+  }
+  return packed;
+}
+
+}  // namespace
+
+TEST_CASE("every backend matches the scalar reference (all types, tails, tiles)") {
+  // All backends multiply the same integers (same activation bytes, exact int32 block sums), so
+  // they differ only in the order of float additions: see summation_tolerance.
+  BackendGuard guard;
+  std::mt19937 rng(42);
+  const std::vector<int64_t> ms = {1, 2, 3, 5, 8, 17};
+  for (DType t : kAllTypes) {
+    std::vector<int64_t> ks = {32, 64, 96, 160, 480, 1024, 4096};
+    if (!is_quantized(t)) ks.insert(ks.end(), {1, 7, 15, 17, 33, 100, 4095});
+    for (int64_t k : ks) {
+      const int64_t m = ms[rng() % ms.size()];
+      const int64_t n = 1 + (int64_t)(rng() % 37);
+      const std::vector<float> wf = random_floats(rng, n * k);
+      const std::vector<float> x = random_floats(rng, m * k, 2.0f);
+      const std::vector<uint8_t> w = quantize(t, wf, n, k);
+      const std::vector<float> wmag = weight_magnitudes(t, w, n, k);
+      const std::vector<float> xv = is_quantized(t) ? quantized_activations(x, m, k) : x;
+      const std::vector<float> ref = run_matmul("scalar", t, w, n, k, x, m);
+      for (const std::string& name : backends()) {
+        for (int64_t mm : {m, (int64_t)17}) {  // every tile height 1..4 and a long M
+          const std::vector<float> xm = mm == m ? x : random_floats(rng, mm * k);
+          const std::vector<float> xmv = mm == m ? xv : (is_quantized(t) ? quantized_activations(xm, mm, k) : xm);
+          const std::vector<float> want = mm == m ? ref : run_matmul("scalar", t, w, n, k, xm, mm);
+          const std::vector<float> got = run_matmul(name.c_str(), t, w, n, k, xm, mm);
+          for (int64_t r = 0; r < mm; ++r) {
+            for (int64_t c = 0; c < n; ++c) {
+              double abs_terms = 0;
+              for (int64_t i = 0; i < k; ++i) abs_terms += (double)wmag[c * k + i] * std::fabs(xmv[r * k + i]);
+              const double err = std::fabs((double)got[r * n + c] - want[r * n + c]);
+              if (err > summation_tolerance(k, abs_terms))
+                FAIL(name << " " << std::string(dtype_name(t)) << " M=" << mm << " N=" << n << " K=" << k << " at (" << r << ","
+                          << c << "): " << got[r * n + c] << " vs " << want[r * n + c]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("matmul is close to an f32 matmul of the dequantized weights") {
+  // Quantized types also round X per block to int8: |x - xq| <= dx/2 adds at most
+  // sum_k |w_k| dx_b(k) / 2. Plus float summation error.
+  BackendGuard guard;
+  std::mt19937 rng(5);
+  const int64_t m = 5, n = 19;
+  for (DType t : kAllTypes) {
+    for (int64_t k : {32, 256, 2048}) {
+      const std::vector<float> wf = random_floats(rng, n * k, 0.05f);
+      const std::vector<float> x = random_floats(rng, m * k);
+      const std::vector<uint8_t> w = quantize(t, wf, n, k);
+      const std::vector<float> wd = dequantize(t, w, n, k);
+      for (const std::string& name : backends()) {
+        const std::vector<float> y = run_matmul(name.c_str(), t, w, n, k, x, m);
+        for (int64_t r = 0; r < m; ++r) {
+          std::vector<float> dx(k / kBlockSize + 1, 0.0f);  // per-block activation scale
+          if (is_quantized(t))
+            for (int64_t i = 0; i < k; ++i) dx[i / kBlockSize] = std::fmax(dx[i / kBlockSize], std::fabs(x[r * k + i]) / 127.0f);
+          for (int64_t c = 0; c < n; ++c) {
+            double exact = 0, abs_terms = 0, act_error = 0;
+            for (int64_t i = 0; i < k; ++i) {
+              const double wi = wd[c * k + i];
+              exact += wi * x[r * k + i];
+              abs_terms += std::fabs(wi) * (std::fabs(x[r * k + i]) + dx[i / kBlockSize]);
+              act_error += std::fabs(wi) * dx[i / kBlockSize] / 2 * (1 + 1e-6);
+            }
+            const double tol = act_error + summation_tolerance(k, abs_terms);
+            if (std::fabs(y[r * n + c] - exact) > tol)
+              FAIL(name << " " << std::string(dtype_name(t)) << " K=" << k << ": " << y[r * n + c] << " vs " << exact << " tol " << tol);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("matmul: same result with 1 or 2 threads, no allocation once warm, empty shapes") {
+  BackendGuard guard;
+  std::mt19937 rng(9);
+  const int64_t m = 7, n = 33, k = 512;
+  const std::vector<float> x = random_floats(rng, m * k);
+  const std::vector<uint8_t> w = quantize(DType::Q4_0, random_floats(rng, n * k), n, k);
+  const int threads = omp_get_max_threads();
+  for (const std::string& name : backends()) {
+    omp_set_num_threads(1);
+    const std::vector<float> one = run_matmul(name.c_str(), DType::Q4_0, w, n, k, x, m);
+    omp_set_num_threads(2);
+    const std::vector<float> two = run_matmul(name.c_str(), DType::Q4_0, w, n, k, x, m);
+    CHECK(std::memcmp(one.data(), two.data(), one.size() * 4) == 0);
+  }
+  omp_set_num_threads(threads);
+
+  std::vector<float> y(m * n);
+  matmul(DType::Q4_0, w.data(), n, k, x.data(), m, y.data(), n);  // warm up
+  g_allocations = 0;
+  g_count_allocations = true;
+  matmul(DType::Q4_0, w.data(), n, k, x.data(), m, y.data(), n);
+  matmul(DType::Q4_0, w.data(), n, k, x.data(), 1, y.data(), n);
+  g_count_allocations = false;
+  CHECK(g_allocations == 0);
+
+  matmul(DType::Q4_0, w.data(), 0, k, x.data(), m, y.data(), n);  // no rows: nothing to do
+  matmul(DType::Q4_0, w.data(), n, k, x.data(), 0, y.data(), n);
+}
