@@ -19,7 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr const char* kConverterName = "octet-convert 0.1.0";
+constexpr const char* kConverterName = "octet-convert " OCTET_VERSION;
 // f32 values read from the source at a time (16 MiB): bounds the scratch memory per tensor.
 constexpr int64_t kChunkFloats = int64_t{4} << 20;
 
