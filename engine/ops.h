@@ -1,0 +1,94 @@
+// The few operations a decoder-only transformer is made of. Activations are rows of floats,
+// row-major; weights are views into the mapped file, in their stored type. The heavy math
+// (matmul, dequantization) is delegated to kernels/.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kernels/blocks.h"
+
+namespace octet::ops {
+
+// A weight matrix [rows][cols] of its stored type, viewed in place: rows are output features,
+// cols input features.
+struct Matrix {
+  DType dtype = DType::F32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// y[i][r] = sum_c x[i][c] * w[r][c] for the m rows of x: one GEMM whatever m is. ldy is y's row
+// stride in floats (>= w.rows).
+void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy);
+// out[c] = table[id][c], dequantized.
+void embedding(const Matrix& table, int32_t id, float* out);
+
+// For each of `rows` rows of n: out = x / sqrt(mean(x^2) + eps) * weight (out may be x).
+void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t n, float eps);
+// x = exp(x - max) / sum, in place, numerically stable.
+void softmax(float* x, int64_t n);
+inline float silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
+// gate = silu(gate) * up, elementwise: the gating half of SwiGLU.
+void swiglu(float* gate, const float* up, int64_t n);
+// x += y, elementwise (residual connections, biases).
+void add(float* x, const float* y, int64_t n);
+// Each of `rows` rows of n gets bias added.
+void add_bias(float* x, const float* bias, int64_t rows, int64_t n);
+
+// RoPE frequency scaling, as transformers' rope_scaling / rope_parameters.
+struct RopeScaling {
+  enum class Kind { None, Linear, Llama3 };
+  Kind kind = Kind::None;
+  float factor = 1.0f;            // linear, llama3
+  float low_freq_factor = 1.0f;   // llama3
+  float high_freq_factor = 4.0f;  // llama3
+  int64_t original_context = 8192;  // llama3: original_max_position_embeddings
+};
+
+// head_dim/2 inverse frequencies theta^(-2i/head_dim), scaled as `scaling` says (transformers'
+// _compute_default/linear/llama3_rope_parameters, in float32 like it).
+std::vector<float> rope_inverse_frequencies(int64_t head_dim, float theta, const RopeScaling& scaling);
+// Rotates each of the n_heads heads of x (n_heads x head_dim) to position pos, "rotate half"
+// form: element i pairs with i + head_dim/2, angle pos * inv_freq[i].
+void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq);
+
+struct AttentionShape {
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;  // query head h reads kv head h / (n_heads / n_kv_heads)
+  int64_t head_dim = 0;
+  int64_t sliding_window = 0;  // > 0: a query at p sees keys at p-window+1 .. p only
+};
+
+// Causal multi-head attention of n queries at positions first_pos .. first_pos+n-1 over a KV
+// cache that already holds positions 0 .. first_pos+n-1:
+//   out[i][h] = softmax(q[i][h] . K[kv(h)]^T / sqrt(head_dim)) V[kv(h)].
+// q, out: [n][n_heads*head_dim]. key_cache, value_cache: [n_kv_heads][cache_capacity][head_dim].
+// scores: scratch, [n_heads][cache_capacity]. Parallel over heads.
+void attention(const float* q, const float* key_cache, const float* value_cache,
+               int64_t cache_capacity, int64_t n, int64_t first_pos, const AttentionShape& shape,
+               float* scores, float* out);
+
+// ---- Encoder-decoder (translation) additions ------------------------------------------------
+
+// For each of `rows` rows of n: out = (x - mean) / sqrt(variance + eps) * weight + bias, the
+// variance biased (divided by n) as torch.nn.LayerNorm computes it. out may be x.
+void layernorm(const float* x, const float* weight, const float* bias, float* out, int64_t rows, int64_t n,
+               float eps);
+
+// The feed-forward activations of the encoder-decoder families, as transformers' ACT2FN names them:
+// relu, gelu (exact, with erf), gelu_tanh (the tanh approximation), swish (= silu).
+enum class Activation { Relu, Gelu, GeluTanh, Swish };
+// x = activation(x), elementwise.
+void activate(Activation activation, float* x, int64_t n);
+
+// Bidirectional attention of one query over n_keys key/value rows, each n_heads*head_dim floats
+// (heads side by side) found through pointers, so the keys may lie anywhere: a sentence's tokens
+// in a packed batch (which is what a key padding mask selects), a beam's cache positions written
+// by its ancestors, a sentence's encoder output shared by its beams.
+//   out[h] = softmax_j(q[h] . keys[j][h] / sqrt(head_dim)) values[j][h]
+// q, out: [n_heads*head_dim]. scores: scratch, n_keys floats. Serial: callers run many at once.
+void attend(const float* q, const float* const* keys, const float* const* values, int64_t n_keys, int64_t n_heads,
+            int64_t head_dim, float* scores, float* out);
+
+}  // namespace octet::ops
