@@ -16,6 +16,9 @@ namespace {
 // Weight bytes one thread works through before moving to the next activation tile: small enough
 // to stay in L2 while every tile of X passes over them, so W comes from memory once per call.
 constexpr size_t kChunkBytes = 128 * 1024;
+// Below this many multiply-adds a call takes about as long as waking the other threads, so it
+// runs on the calling thread alone (tiny models would otherwise spend most time in barriers).
+constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
 
 [[noreturn]] void bad_call(const char* what, DType t, int64_t K, int64_t N, int64_t ldy) {
   std::fprintf(stderr, "octet::kernels::matmul: %s (wtype %s, K %lld, N %lld, ldy %lld)\n", what,
@@ -61,7 +64,7 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
   const int64_t chunks = (N + chunk_rows - 1) / chunk_rows;
   const char* w_base = static_cast<const char*>(W);
 
-#pragma omp parallel
+#pragma omp parallel if (M * N * K >= kMinParallelMacs)
   {
     if (quantized) {
 #pragma omp for schedule(static)
