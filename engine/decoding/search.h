@@ -26,12 +26,18 @@ struct SearchOptions {
   int32_t n_best = 1;             // hypotheses returned per sentence (<= beam_size)
   float length_penalty = 1.0f;    // score = sum logprob / length^length_penalty (HF semantics)
   bool early_stopping = false;    // HF: true stops a sentence once beam_size hypotheses finished
+  bool early_stopping_never = false;  // HF early_stopping="never" (overrides early_stopping)
   int32_t max_length = 256;       // generated tokens, the decoder start token not counted
-  int32_t min_length = 0;
+  int32_t min_length = 0;         // generated tokens before EOS may come (HF min_new_tokens;
+                                  // HF's min_length counts the decoder start token: this + 1)
   int32_t no_repeat_ngram_size = 0;
   float repetition_penalty = 1.0f;
   std::vector<std::vector<int32_t>> bad_words;  // sequences never generated (e.g. {{pad}})
-  std::vector<int32_t> prefix;    // forced first tokens (target prefix), same for every sentence
+  int32_t forced_eos_id = -1;     // >= 0: the one token allowed as the max_length-th generated
+                                  // (HF forced_eos_token_id)
+  bool renormalize_logits = false;  // HF: log_softmax again after the processors (Marian sets it)
+  std::vector<int32_t> prefix;    // forced first tokens (target prefix), same for every sentence;
+                                  // in the output and the score, shorter than max_length, no EOS
   float temperature = 0.0f;       // > 0 with beam_size 1: sampling
   int32_t top_k = 0;
   float top_p = 1.0f;
@@ -44,11 +50,12 @@ struct Hypothesis {
 };
 
 // Called whenever the output of a sentence grows by tokens every live beam agrees on (they can
-// no longer change); returns false to cancel.
+// no longer change); returns false to cancel: search() then throws Error(Cancelled).
 using SettledCallback = std::function<bool(int32_t sentence, std::span<const int32_t> new_tokens)>;
 
 // Searches `batch` sentences at once, all rows of all sentences through one step call.
-// Returns n_best hypotheses per sentence, best first.
+// Returns n_best hypotheses per sentence, best first (fewer, even none, only for a sentence whose
+// every continuation became impossible, e.g. all tokens banned, before enough finished).
 std::vector<std::vector<Hypothesis>> search(DecoderStep& model, int32_t batch, int32_t start_token,
                                             std::span<const int32_t> eos_ids, const SearchOptions& options,
                                             const SettledCallback& on_settled = {});
