@@ -1,0 +1,355 @@
+// The PyTorch checkpoint reader: real torch.save files (tests/data/pytorch, made by
+// tests/tools/make_pytorch_fixtures.py) read value for value, shared storages and strided views,
+// the Marian fixtures checked bitwise against their safetensors twins, and hostile zips and
+// pickles (written here or by the script) that must each give a clean octet::Error.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <set>
+
+#include "convert/sources/pytorch.h"
+#include "convert/sources/safetensors.h"
+#include "engine/error.h"
+#include "test_util.h"
+
+using namespace octet;
+using namespace octet::convert;
+using octet::test::TempDir;
+using namespace std::string_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kFixtures = octet::test::test_data("pytorch");
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// Checks that f throws octet::Error with this code and a message holding part.
+template <class F>
+void check_error(F&& f, ErrorCode expected, const std::string& part) {
+  try {
+    f();
+    FAIL("no error; expected one containing \"", part, "\"");
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    CHECK_MESSAGE(e.code() == expected, message);
+    CHECK_MESSAGE(contains(message, part), "\"", part, "\" not in: ", message);
+  }
+}
+
+std::vector<float> read_all(const PytorchTensor& tensor) {
+  std::vector<float> values(static_cast<size_t>(tensor.elements()));
+  read_rows_f32(tensor, 0, tensor.rows(), values.data());
+  return values;
+}
+
+// The script's fixture values: element i of a ramp is i / 8 - 1.
+std::vector<float> ramp(int64_t n) {
+  std::vector<float> values;
+  for (int64_t i = 0; i < n; ++i) values.push_back(static_cast<float>(i) / 8 - 1);
+  return values;
+}
+
+// ---- Writing hostile archives ------------------------------------------------------------------
+
+void put_u16(std::string& out, uint16_t v) { out.append(reinterpret_cast<const char*>(&v), 2); }
+void put_u32(std::string& out, uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
+
+// A stored zip of these entries (CRCs left 0: the reader does not check them).
+std::string zip(const std::vector<std::pair<std::string, std::string>>& entries) {
+  std::string out, directory;
+  for (const auto& [name, data] : entries) {
+    const uint32_t offset = static_cast<uint32_t>(out.size());
+    put_u32(out, 0x04034b50);
+    put_u16(out, 20), put_u16(out, 0), put_u16(out, 0), put_u16(out, 0), put_u16(out, 0);
+    put_u32(out, 0), put_u32(out, static_cast<uint32_t>(data.size())), put_u32(out, static_cast<uint32_t>(data.size()));
+    put_u16(out, static_cast<uint16_t>(name.size())), put_u16(out, 0);
+    out += name + data;
+    put_u32(directory, 0x02014b50);
+    put_u16(directory, 20), put_u16(directory, 20), put_u16(directory, 0), put_u16(directory, 0);
+    put_u16(directory, 0), put_u16(directory, 0);
+    put_u32(directory, 0), put_u32(directory, static_cast<uint32_t>(data.size())),
+        put_u32(directory, static_cast<uint32_t>(data.size()));
+    put_u16(directory, static_cast<uint16_t>(name.size())), put_u16(directory, 0), put_u16(directory, 0);
+    put_u16(directory, 0), put_u16(directory, 0), put_u32(directory, 0), put_u32(directory, offset);
+    directory += name;
+  }
+  const uint32_t directory_offset = static_cast<uint32_t>(out.size());
+  out += directory;
+  put_u32(out, 0x06054b50);
+  put_u16(out, 0), put_u16(out, 0), put_u16(out, static_cast<uint16_t>(entries.size())),
+      put_u16(out, static_cast<uint16_t>(entries.size()));
+  put_u32(out, static_cast<uint32_t>(directory.size())), put_u32(out, directory_offset), put_u16(out, 0);
+  return out;
+}
+
+// Appended piece by piece: GCC 12 misreports `"X" + std::string` here (-Wrestrict).
+std::string unicode(const std::string& text) {
+  std::string out = "X";
+  put_u32(out, static_cast<uint32_t>(text.size()));
+  return out += text;
+}
+std::string binint(int32_t v) {
+  std::string out = "J";
+  put_u32(out, static_cast<uint32_t>(v));
+  return out;
+}
+// BININT where it fits, else LONG1 with 8 bytes.
+std::string integer(int64_t v) {
+  if (v == static_cast<int32_t>(v)) return binint(static_cast<int32_t>(v));
+  std::string out = "\x8a\x08";
+  return out.append(reinterpret_cast<const char*>(&v), 8);
+}
+std::string int_tuple(const std::vector<int64_t>& values) {
+  std::string out = "(";
+  for (int64_t v : values) out += integer(v);
+  return out + "t";
+}
+
+// data.pkl of {"w": a FloatStorage tensor}, as torch.save writes it, with every field chosen here.
+std::string tensor_pickle(const std::string& key, int32_t storage_elements, int32_t offset, const std::vector<int64_t>& sizes,
+                          const std::vector<int64_t>& strides, const std::string& storage_type = "FloatStorage") {
+  return std::string("\x80\x02}") + unicode("w") + "ctorch._utils\n_rebuild_tensor_v2\n((" + unicode("storage") +
+         "ctorch\n" + storage_type + "\n" + unicode(key) + unicode("cpu") + binint(storage_elements) + "tQ" +
+         binint(offset) + int_tuple(sizes) + int_tuple(strides) + "\x89}tRs.";
+}
+
+std::string floats(int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    const float v = static_cast<float>(i);
+    out.append(reinterpret_cast<const char*>(&v), 4);
+  }
+  return out;
+}
+
+// Writes a checkpoint holding this data.pkl and storage "0" of storage_bytes; returns its path.
+std::string write_checkpoint(const TempDir& dir, const std::string& pickle, const std::string& storage_bytes = floats(4)) {
+  static int counter = 0;
+  const fs::path path = dir.path() / ("checkpoint" + std::to_string(counter++) + ".bin");
+  const std::string bytes = zip({{"archive/data.pkl", pickle}, {"archive/data/0", storage_bytes}});
+  octet::test::write_bytes(path, bytes.data(), bytes.size());
+  return path.string();
+}
+
+}  // namespace
+
+TEST_CASE("f32, f16, bf16, scalars and parameters read exactly; integer buffers are listed but not converted") {
+  const PytorchFile file((kFixtures / "dtypes.bin").string());
+  const auto& tensors = file.tensors();
+  CHECK(tensors.size() == 7);
+  const std::map<std::string, std::pair<std::string, std::vector<int64_t>>> expected = {
+      {"f32", {"F32", {3, 4}}}, {"f16", {"F16", {2, 5}}},     {"bf16", {"BF16", {4, 2}}}, {"vector", {"F32", {3}}},
+      {"scalar", {"F32", {}}},  {"param", {"F32", {2, 2}}}, {"ids", {"I64", {4}}}};
+  for (const auto& [name, dtype_shape] : expected) {
+    REQUIRE_MESSAGE(tensors.count(name), name);
+    const PytorchTensor& tensor = tensors.at(name);
+    CHECK(tensor.dtype == dtype_shape.first);
+    CHECK(tensor.shape == dtype_shape.second);
+    CHECK(tensor.contiguous());
+  }
+  CHECK(read_all(tensors.at("f32")) == ramp(12));
+  CHECK(read_all(tensors.at("f16")) == ramp(10));
+  CHECK(read_all(tensors.at("bf16")) == ramp(8));
+  CHECK(read_all(tensors.at("param")) == ramp(4));
+  CHECK(read_all(tensors.at("vector")) == std::vector<float>{0.5f, -2.0f, 3.25f});
+  CHECK(read_all(tensors.at("scalar")) == std::vector<float>{1.5f});
+  // Rows from the middle.
+  float row[4];
+  read_rows_f32(tensors.at("f32"), 2, 1, row);
+  const std::vector<float> f32 = ramp(12);
+  CHECK(std::vector<float>(row, row + 4) == std::vector<float>(f32.begin() + 8, f32.end()));
+  int64_t ids[4];
+  std::memcpy(ids, tensors.at("ids").data, sizeof ids);
+  CHECK(ids[3] == 3);
+  check_error([&] { read_all(tensors.at("ids")); }, ErrorCode::Unsupported, "dtype I64");
+}
+
+TEST_CASE("tied weights share one storage; slices and transposes are views read through their strides") {
+  const PytorchCheckpoint checkpoint = [] {
+    TempDir dir("pytorch_folder");
+    fs::copy_file(kFixtures / "shared.bin", dir.path() / "pytorch_model.bin");
+    return PytorchCheckpoint(dir.path());  // the file stays mapped after its folder is gone
+  }();
+  const PytorchTensor& embed = checkpoint.require("embed.weight", {6, 4});
+  const PytorchTensor& head = checkpoint.require("lm_head.weight", {6, 4});
+  CHECK(head.data == embed.data);
+  CHECK(head.storage == embed.storage);
+  const std::vector<float> base = ramp(24);
+  CHECK(read_all(embed) == base);
+
+  const PytorchTensor& rows = checkpoint.require("rows_2_to_4", {3, 4});
+  CHECK(rows.storage == embed.storage);
+  CHECK(rows.data == embed.data + 8 * 4);
+  CHECK(rows.contiguous());
+  CHECK(read_all(rows) == std::vector<float>(base.begin() + 8, base.begin() + 20));
+
+  const PytorchTensor& column = checkpoint.require("column_1", {6});
+  CHECK_FALSE(column.contiguous());
+  CHECK(column.strides == std::vector<int64_t>{4});
+  std::vector<float> expected_column;
+  for (int r = 0; r < 6; ++r) expected_column.push_back(base[r * 4 + 1]);
+  CHECK(read_all(column) == expected_column);
+
+  const PytorchTensor& transposed = checkpoint.require("transposed", {4, 6});
+  CHECK_FALSE(transposed.contiguous());
+  std::vector<float> expected_transposed;
+  for (int c = 0; c < 4; ++c)
+    for (int r = 0; r < 6; ++r) expected_transposed.push_back(base[r * 4 + c]);
+  CHECK(read_all(transposed) == expected_transposed);
+  float last_row[6];
+  read_rows_f32(transposed, 3, 1, last_row);
+  CHECK(std::vector<float>(last_row, last_row + 6) == std::vector<float>(expected_transposed.end() - 6, expected_transposed.end()));
+
+  const PytorchTensor& other = checkpoint.require("other", {2, 3});
+  CHECK(other.storage != embed.storage);
+  CHECK(read_all(other) == ramp(6));
+
+  check_error([&] { checkpoint.require("missing", {1}); }, ErrorCode::Format, "no tensor \"missing\"");
+  check_error([&] { checkpoint.require("embed.weight", {4, 6}); }, ErrorCode::Format, "has shape [6, 4]");
+}
+
+TEST_CASE("Marian checkpoints: every tensor of pytorch_model.bin equals its model.safetensors twin bitwise") {
+  const fs::path marian = octet::test::test_data("marian");
+  int compared_folders = 0;
+  if (fs::exists(marian)) {
+    for (const auto& entry : fs::directory_iterator(marian)) {
+      const fs::path folder = entry.path();
+      if (!fs::exists(folder / "pytorch_model.bin") || !fs::exists(folder / "model.safetensors")) continue;
+      ++compared_folders;
+      const PytorchCheckpoint torch_checkpoint(folder);
+      const SafetensorsFile safetensors((folder / "model.safetensors").string());
+      std::set<std::string> compared;
+      for (const auto& [name, reference] : safetensors.tensors()) {
+        const PytorchTensor* tensor = torch_checkpoint.find(name);
+        REQUIRE_MESSAGE(tensor != nullptr, folder.string(), ": ", name, " is missing from pytorch_model.bin");
+        CHECK_MESSAGE(tensor->dtype == reference.dtype, name);
+        CHECK_MESSAGE(tensor->shape == reference.shape, name);
+        REQUIRE_MESSAGE(tensor->contiguous(), name);
+        CHECK_MESSAGE(std::memcmp(tensor->data, reference.data, reference.size) == 0, name);
+        compared.insert(name);
+      }
+      // safetensors keeps one copy of tied weights; the others must alias a compared tensor.
+      for (const auto& [name, tensor] : torch_checkpoint.tensors()) {
+        if (compared.count(name)) continue;
+        bool aliases_a_compared_tensor = false;
+        for (const std::string& other : compared) {
+          const PytorchTensor& twin = *torch_checkpoint.find(other);
+          aliases_a_compared_tensor |= twin.data == tensor.data && twin.shape == tensor.shape && twin.dtype == tensor.dtype;
+        }
+        CHECK_MESSAGE(aliases_a_compared_tensor, folder.string(), ": ", name, " is only in pytorch_model.bin");
+      }
+    }
+  }
+  if (compared_folders == 0) MESSAGE("no tests/data/marian/<name>/ with both pytorch_model.bin and model.safetensors yet");
+}
+
+TEST_CASE("hostile fixture files give clean errors") {
+  check_error([] { PytorchFile((kFixtures / "hostile_os_system.bin").string()); }, ErrorCode::Unsupported,
+              "refusing to unpickle posix.system");
+  check_error([] { PytorchFile((kFixtures / "hostile_bad_memo.bin").string()); }, ErrorCode::Format,
+              "memo index 7 was never stored");
+  check_error([] { PytorchFile((kFixtures / "hostile_huge_size.bin").string()); }, ErrorCode::Format,
+              "reaches past its storage");
+  check_error([] { PytorchFile((kFixtures / "hostile_truncated.bin").string()); }, ErrorCode::Format,
+              "no zip end of central directory record");
+  check_error([] { PytorchFile((kFixtures / "hostile_compressed.bin").string()); }, ErrorCode::Unsupported,
+              "is compressed (method 8)");
+}
+
+TEST_CASE("hostile pickles give clean errors") {
+  TempDir dir("pytorch_hostile");
+  const auto load = [&](const std::string& pickle, const std::string& storage = floats(4)) {
+    return [&dir, pickle, storage] { PytorchFile(write_checkpoint(dir, pickle, storage)); };
+  };
+  // The builder's own output reads, so each variant below fails for the reason it names.
+  const PytorchFile valid(write_checkpoint(dir, tensor_pickle("0", 4, 1, {3}, {1})));
+  CHECK(read_all(valid.tensors().at("w")) == std::vector<float>{1, 2, 3});
+
+  check_error(load(tensor_pickle("0", 4, 2, {3}, {1})), ErrorCode::Format, "reaches past its storage");
+  check_error(load(tensor_pickle("0", 4, 0, {2, 2}, {3, 1})), ErrorCode::Format, "reaches past its storage");
+  check_error(load(tensor_pickle("0", 5, 0, {4}, {1})), ErrorCode::Format, "claims 5 elements");
+  check_error(load(tensor_pickle("0", -1, 0, {4}, {1})), ErrorCode::Format, "claims -1 elements");
+  check_error(load(tensor_pickle("7", 4, 0, {4}, {1})), ErrorCode::Format, "has no file archive/data/7");
+  check_error(load(tensor_pickle("0", 4, 0, {-1}, {1})), ErrorCode::Format, "invalid size");
+  check_error(load(tensor_pickle("0", 4, 0, {4}, {-4})), ErrorCode::Format, "invalid stride");
+  check_error(load(tensor_pickle("0", 4, 0, {1 << 30, 1 << 30, 1 << 30}, {0, 0, 0})), ErrorCode::Format,
+              "the size overflows");
+  check_error(load(tensor_pickle("0", 4, 0, {1 << 25, 1 << 25}, {1ll << 40, 1})), ErrorCode::Format, "the size overflows");
+  check_error(load(tensor_pickle("0", 4, 0, {2}, {1ll << 41})), ErrorCode::Format, "invalid stride");
+  check_error(load(tensor_pickle("0", 4, 0, std::vector<int64_t>(17, 1), std::vector<int64_t>(17, 1))), ErrorCode::Format,
+              "rank over 16");
+  check_error(load(tensor_pickle("0", 4, 0, {4}, {1, 1})), ErrorCode::Format, "same length");
+  check_error(load(tensor_pickle("0", 4, 0, {4}, {1}, "ComplexFloatStorage")), ErrorCode::Unsupported,
+              "storage type torch.ComplexFloatStorage");
+
+  const std::string header = "\x80\x02";
+  check_error(load(header + "s."), ErrorCode::Format, "stack underflow");
+  check_error(load(header + "t."), ErrorCode::Format, "no MARK");
+  check_error(load(header + "I1\n."), ErrorCode::Format, "pickle opcode 0x49");
+  check_error(load(header + "}"), ErrorCode::Format, "ends without a STOP");
+  check_error(load("\x80\x06}."), ErrorCode::Format, "protocol 6");
+  check_error(load(header + "X\xf0\xff\xff\xff" + "abc"), ErrorCode::Format, "truncated");
+  check_error(load(header + "}j\xff\xff\xff\xff."), ErrorCode::Format, "memo index 4294967295");
+  check_error(load(header + "\x8c\x08" + "builtins\x8c\x04" + "eval\x93."), ErrorCode::Unsupported,
+              "refusing to unpickle builtins.eval");
+  check_error(load(header + "cos\nsystem\n."), ErrorCode::Unsupported, "refusing to unpickle os.system");
+  check_error(load(header + "cnot a global"), ErrorCode::Format, "newline-terminated");
+  check_error(load(header + "\x8a\x09" + std::string(9, '\x01') + "."), ErrorCode::Format, "does not fit in 64 bits");
+  check_error(load(header + std::string(100, ']') + std::string(99, 'a') + "."), ErrorCode::Format, "nest deeper");
+  // A list put inside another, then changed: refused, so depths stay true and no cycle can form.
+  check_error(load(header + "]]q\x00" "ah\x00" "Na."s), ErrorCode::Format, "after it was put inside");
+  check_error(load(header + "]q\x00" "h\x00" "a."s), ErrorCode::Format, "inside itself");
+  check_error(load(header + std::string(3'000'000, 'N') + "."), ErrorCode::Format, "more than 2097152 objects");
+  check_error(load(header + std::string(3'000'000, '(') + "."), ErrorCode::Format, "more than 2097152 objects");
+  std::string memo_gets;  // each BINGET pushes without making an object
+  for (int i = 0; i < 3'000'000; ++i) memo_gets += "h\x00"s;
+  check_error(load(header + "Nq\x00"s + memo_gets + "."), ErrorCode::Format, "stack grows past");
+  check_error(load(header + "N)R."), ErrorCode::Format, "calling a None");
+  check_error(load(header + "ccollections\nOrderedDict\nNN\x86R."), ErrorCode::Format, "called with arguments");
+  check_error(load(header + "NQ."), ErrorCode::Format, "persistent id");
+  check_error(load(header + "NN."), ErrorCode::Format, "STOP leaves 2 objects");
+  check_error(load(header + "N."), ErrorCode::Unsupported, "holds a None");
+  check_error(load(header + "}" + unicode("a") + "K\x01s."), ErrorCode::Unsupported, "entry \"a\" is a int");
+  check_error(load(header + "}K\x01K\x01s."), ErrorCode::Format, "key is a int");
+}
+
+TEST_CASE("hostile zip containers give clean errors") {
+  TempDir dir("pytorch_zip");
+  const auto write = [&](const std::string& bytes) {
+    static int counter = 0;
+    const fs::path path = dir.path() / ("zip" + std::to_string(counter++) + ".bin");
+    octet::test::write_bytes(path, bytes.data(), bytes.size());
+    return path.string();
+  };
+  const std::string good = zip({{"archive/data.pkl", "\x80\x02}."}});
+  CHECK(PytorchFile(write(good)).tensors().empty());
+
+  check_error([&] { PytorchFile(write("")); }, ErrorCode::Format, "too short");
+  check_error([&] { PytorchFile(write("\x80\x02}.")); }, ErrorCode::Unsupported, "legacy");
+  // Every prefix of a valid archive fails cleanly.
+  for (size_t length = 0; length < good.size(); ++length) {
+    CAPTURE(length);
+    CHECK_THROWS_AS(PytorchFile(write(good.substr(0, length))), Error);
+  }
+  std::string many_entries = good;  // the end record's entry counts, 0xFFFF: zip64 without its records
+  many_entries[many_entries.size() - 22 + 8] = '\xff', many_entries[many_entries.size() - 22 + 9] = '\xff';
+  many_entries[many_entries.size() - 22 + 10] = '\xff', many_entries[many_entries.size() - 22 + 11] = '\xff';
+  check_error([&] { PytorchFile(write(many_entries)); }, ErrorCode::Format, "zip64 end locator is missing");
+  std::string extra_entry = good;  // one entry more than the directory holds
+  extra_entry[extra_entry.size() - 22 + 10] = 2;
+  check_error([&] { PytorchFile(write(extra_entry)); }, ErrorCode::Format, "entry 1 is truncated");
+  std::string bad_offset = good;  // the local header offset points past the directory
+  const size_t directory = good.size() - 22 - (46 + 16);
+  bad_offset[directory + 42 + 3] = '\x7f';
+  check_error([&] { PytorchFile(write(bad_offset)); }, ErrorCode::Format, "no valid local header");
+  check_error([&] { PytorchFile(write(zip({{"archive/other", ""}}))); }, ErrorCode::Format, "no <folder>/data.pkl");
+  check_error([&] { PytorchFile(write(zip({{"a/data.pkl", "\x80\x02}."}, {"b/data.pkl", "\x80\x02}."}}))); },
+              ErrorCode::Format, "two data.pkl");
+  check_error([&] { PytorchFile(write(zip({{"a/data.pkl", "\x80\x02}."}, {"a/data.pkl", "\x80\x02}."}}))); },
+              ErrorCode::Format, "appears twice");
+  check_error([&] { PytorchFile(write(zip({{"archive/data.pkl", "\x80\x02}."}, {"archive/byteorder", "big"}}))); },
+              ErrorCode::Unsupported, "big-endian");
+  check_error([&] { PytorchCheckpoint(dir.path() / "nowhere"); }, ErrorCode::Io, "no pytorch_model.bin");
+}
