@@ -5,7 +5,9 @@
 #include <filesystem>
 #include <regex>
 
+#include "convert/archs/ctranslate2.h"
 #include "convert/archs/llama.h"
+#include "convert/archs/marian.h"
 #include "convert/hub.h"
 #include "convert/model_plan.h"
 #include "convert/sources/hf_config.h"
@@ -41,8 +43,10 @@ ModelPlan plan_hugging_face(const fs::path& folder, const Options& options) {
   const std::vector<std::string>& llama = hf_llama_architectures();
   if (std::find(llama.begin(), llama.end(), architecture) != llama.end())
     return plan_hf_llama(folder, config, architecture);
+  if (architecture == "MarianMTModel") return plan_marian(folder, config);
   std::string supported;
   for (const std::string& name : llama) supported += (supported.empty() ? "" : ", ") + name;
+  supported += ", MarianMTModel";
   fail(ErrorCode::Unsupported, "architecture \"" + architecture + "\" is not supported; supported: " + supported);
 }
 
@@ -52,6 +56,7 @@ ModelPlan plan_source(const std::string& input, const Options& options) {
   std::error_code error;
   const fs::file_status status = fs::status(path, error);
   if (!fs::exists(status)) fail(ErrorCode::Io, "cannot open " + input + ": no such file or folder");
+  if (fs::is_directory(status) && fs::exists(path / "model.bin")) return plan_ctranslate2(path, options);
   if (fs::is_directory(status)) return plan_hugging_face(path, options);
   if (path.extension() == ".bin") return plan_llama2c(path, options.tokenizer_path);
   if (path.extension() == ".safetensors" || path.extension() == ".json")

@@ -1,7 +1,9 @@
-// SentencePiece models through the SentencePiece library.
+// SentencePiece models through the SentencePiece library. With "<prefix>.vocab" (Marian, CTranslate2)
+// the ids are positions in that list, not the model's own: pieces are looked up there.
 #include <sentencepiece_processor.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "engine/error.h"
 #include "tokenizer/backends.h"
@@ -22,10 +24,16 @@ class SentencePieceTokenizer final : public Tokenizer {
     const std::string model_key = prefix + ".sentencepiece.model";
     const qbin::Bytes& model = metadata.bytes(model_key);
     load_model(processor_, {reinterpret_cast<const char*>(model.data()), model.size()}, model_key);
+    if (metadata.has(prefix + ".vocab")) {
+      vocab_.emplace(metadata, prefix);
+      split_language_code_ = metadata.boolean_or(prefix + ".split_language_code", false);
+    }
 
-    const auto ids = detail::read_special_ids(metadata, prefix, model_special_ids(processor_), vocab_size());
+    const auto ids = detail::read_special_ids(
+        metadata, prefix, vocab_ ? detail::SpecialIds{} : model_special_ids(processor_), vocab_size());
     bos_id_ = ids.bos_id, add_bos_ = ids.add_bos, eos_ids_ = ids.eos_ids;
 
+    if (vocab_) return;  // the list's special tokens are matched in text instead of control pieces
     for (int32_t id = 0; id < vocab_size(); ++id) {
       if (processor_.IsControl(id) && !processor_.IdToPiece(id).empty()) control_pieces_.push_back(id);
     }
@@ -51,21 +59,23 @@ class SentencePieceTokenizer final : public Tokenizer {
     // the text between them is encoded piece by piece, as llama.cpp does.
     size_t text_start = 0, pos = 0;
     while (parse_special && pos < text.size()) {
-      const int32_t control = control_piece_at(text, pos);
+      const int32_t control = vocab_ ? vocab_->special_at(text, pos) : control_piece_at(text, pos);
       if (control < 0) {
         ++pos;
         continue;
       }
       append_encoded(text.substr(text_start, pos - text_start), ids);
       ids.push_back(control);
-      pos += processor_.IdToPiece(control).size();
+      pos += piece_text(control).size();
       text_start = pos;
     }
     append_encoded(text.substr(text_start), ids);
+    if (add_bos && vocab_ && vocab_->add_eos() && !eos_ids_.empty()) ids.push_back(eos_ids_.front());
     return ids;
   }
 
   std::string decode(std::span<const int32_t> ids, bool skip_special) const override {
+    if (vocab_) return decode_listed(ids, skip_special);
     // Ids outside the vocabulary are dropped, as the Hugging Face decoders do (a model's output
     // layer may be wider than its vocabulary).
     std::vector<int> valid;
@@ -96,12 +106,15 @@ class SentencePieceTokenizer final : public Tokenizer {
     return out;
   }
 
-  int32_t vocab_size() const override { return processor_.GetPieceSize(); }
+  int32_t vocab_size() const override { return vocab_ ? vocab_->size() : processor_.GetPieceSize(); }
   bool is_special(int32_t id) const override {
+    if (vocab_) return vocab_->is_special(id);
     return id >= 0 && id < vocab_size() && processor_.IsControl(id);
   }
 
  private:
+  const std::string& piece_text(int32_t id) const { return vocab_ ? vocab_->token(id) : processor_.IdToPiece(id); }
+
   int32_t control_piece_at(std::string_view text, size_t pos) const {
     for (int32_t id : control_pieces_) {
       if (text.substr(pos).starts_with(processor_.IdToPiece(id))) return id;
@@ -111,14 +124,81 @@ class SentencePieceTokenizer final : public Tokenizer {
 
   void append_encoded(std::string_view text, std::vector<int32_t>& ids) const {
     if (text.empty()) return;
+    if (vocab_) return append_listed(text, ids);
     std::vector<int> encoded;
     const auto status = processor_.Encode({text.data(), text.size()}, &encoded);
     if (!status.ok()) fail(ErrorCode::Internal, "SentencePiece encode failed: " + status.ToString());
     ids.insert(ids.end(), encoded.begin(), encoded.end());
   }
 
+  // As MarianTokenizer: a leading language code (">>fr<<") is one token, then the pieces of the
+  // rest are looked up in the list.
+  void append_listed(std::string_view text, std::vector<int32_t>& ids) const {
+    if (split_language_code_ && text.starts_with(">>")) {
+      if (const size_t end = text.find("<<"); end != std::string_view::npos) {
+        ids.push_back(vocab_->id(text.substr(0, end + 2)));
+        text.remove_prefix(end + 2);
+      }
+    }
+    std::vector<std::string> pieces;
+    const auto status = processor_.Encode({text.data(), text.size()}, &pieces);
+    if (!status.ok()) fail(ErrorCode::Internal, "SentencePiece encode failed: " + status.ToString());
+    for (const std::string& piece : pieces) ids.push_back(vocab_->id(piece));
+  }
+
+  // As MarianTokenizer.decode: runs of ordinary pieces are detokenized by SentencePiece, special
+  // tokens are written as themselves followed by a space (or skipped); then every "▁" left (pieces
+  // the model does not know come back as they are) becomes a space, and the ends are trimmed.
+  std::string decode_listed(std::span<const int32_t> ids, bool skip_special) const {
+    std::string text;
+    std::vector<std::string> run;
+    auto flush_run = [&] {
+      std::string decoded;
+      const auto status = processor_.Decode(run, &decoded);
+      if (!status.ok()) fail(ErrorCode::Internal, "SentencePiece decode failed: " + status.ToString());
+      text += decoded;
+      run.clear();
+    };
+    for (int32_t id : ids) {
+      if (!vocab_->contains(id)) continue;
+      if (!vocab_->is_special(id)) {
+        run.push_back(vocab_->token(id));
+      } else if (!skip_special) {
+        flush_run();
+        text += vocab_->token(id) + " ";
+      }
+    }
+    flush_run();
+    constexpr std::string_view kSpaceSymbol = "\xE2\x96\x81";  // U+2581
+    std::string spaced;
+    for (size_t pos = 0;;) {
+      const size_t at = text.find(kSpaceSymbol, pos);
+      spaced.append(text, pos, at == std::string::npos ? std::string::npos : at - pos);
+      if (at == std::string::npos) break;
+      spaced += ' ';
+      pos = at + kSpaceSymbol.size();
+    }
+    return strip_white_space(spaced);
+  }
+
+  // Python's str.strip(): white space off both ends.
+  static std::string strip_white_space(const std::string& text) {
+    size_t begin = std::string::npos, end = 0;
+    for (size_t pos = 0; pos < text.size();) {
+      const utf8::Step step = utf8::decode(text, pos);
+      if (!step.valid || !utf8::is_white_space(step.code_point)) {
+        if (begin == std::string::npos) begin = pos;
+        end = pos + step.length;
+      }
+      pos += step.length;
+    }
+    return begin == std::string::npos ? std::string() : text.substr(begin, end - begin);
+  }
+
   sentencepiece::SentencePieceProcessor processor_;
   std::vector<int32_t> control_pieces_;  // ids of the non-empty control pieces, longest first
+  std::optional<detail::TokenList> vocab_;
+  bool split_language_code_ = false;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <climits>
 
 #include "engine/error.h"
 #include "tokenizer/backends.h"
@@ -17,6 +18,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_metadata(const qbin::Metadata& metada
   const std::string& kind = metadata.str(p + ".kind");
   if (kind == "sentencepiece") return detail::make_sentencepiece_tokenizer(metadata, p);
   if (kind == "bpe") return detail::make_bpe_tokenizer(metadata, p);
+  if (kind == "whitespace") return detail::make_whitespace_tokenizer(metadata, p);
   fail(ErrorCode::Unsupported, p + ".kind: unknown tokenizer kind '" + kind + "'");
 }
 
@@ -39,6 +41,41 @@ SpecialIds read_special_ids(const qbin::Metadata& metadata, const std::string& p
     }
   }
   return ids;
+}
+
+TokenList::TokenList(const qbin::Metadata& metadata, const std::string& prefix) {
+  tokens_ = metadata.str_array(prefix + ".vocab");
+  if (tokens_.empty() || tokens_.size() > static_cast<size_t>(INT32_MAX))
+    fail(ErrorCode::Format, prefix + ".vocab: " + std::to_string(tokens_.size()) + " tokens is not a valid vocabulary size");
+  ids_.reserve(tokens_.size());
+  for (size_t id = 0; id < tokens_.size(); ++id) ids_.emplace(tokens_[id], static_cast<int32_t>(id));
+
+  unk_id_ = metadata.i32(prefix + ".unk_id");
+  if (!contains(unk_id_))
+    fail(ErrorCode::Format, prefix + ".unk_id " + std::to_string(unk_id_) + " is outside the vocabulary");
+  if (metadata.has(prefix + ".special_ids")) special_ids_ = metadata.i32_array(prefix + ".special_ids");
+  for (int32_t special : special_ids_)
+    if (!contains(special))
+      fail(ErrorCode::Format, prefix + ".special_ids: " + std::to_string(special) + " is outside the vocabulary");
+  // Longest first, so that the first special token found at a position is the longest one there.
+  std::stable_sort(special_ids_.begin(), special_ids_.end(),
+                   [&](int32_t a, int32_t b) { return token(a).size() > token(b).size(); });
+  add_eos_ = metadata.boolean_or(prefix + ".add_eos", false);
+}
+
+int32_t TokenList::id(std::string_view token) const {
+  const auto found = ids_.find(token);
+  return found == ids_.end() ? unk_id_ : found->second;
+}
+
+bool TokenList::is_special(int32_t id) const {
+  return std::find(special_ids_.begin(), special_ids_.end(), id) != special_ids_.end();
+}
+
+int32_t TokenList::special_at(std::string_view text, size_t pos) const {
+  for (int32_t id : special_ids_)
+    if (!token(id).empty() && text.substr(pos).starts_with(token(id))) return id;
+  return -1;
 }
 
 }  // namespace detail
