@@ -25,7 +25,7 @@ using DotTileFn = void (*)(const void* w, const void* x, size_t x_stride, int ro
                            float* y, int64_t ldy);
 
 // No function in an ISA file may run before dispatch.cpp has checked the CPU (which it does in
-// plain x86-64 code), so the table holds only the kernels.
+// plain x86-64 / armv8-a code), so the table holds only the kernels.
 struct Backend {
   const char* name;
   QuantizeActFn quantize_act;
@@ -45,6 +45,9 @@ const Backend& scalar_backend();
 #if defined(__x86_64__) || defined(_M_X64)
 const Backend& avx2_backend();
 const Backend& avx512_backend();
+#endif
+#if defined(__aarch64__)
+const Backend& neon_backend();
 #endif
 
 // The backend matmul uses now (see dispatch.cpp), and lookup by name (nullptr when unknown).

@@ -9,6 +9,11 @@
 #include "kernels/backend.h"
 #include "kernels/kernels.h"
 
+#if defined(__aarch64__) && defined(__linux__)  // Linux and Android: the kernel reports the features
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
 namespace octet::kernels {
 
 namespace {
@@ -26,6 +31,10 @@ const std::vector<const Backend*>& runnable_backends() {
     if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
       out.push_back(&avx512_backend());
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+    // NEON itself is baseline on aarch64; the backend also needs sdot (ARMv8.2 dotprod).
+    if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) out.push_back(&neon_backend());
 #endif
     return out;
   }();

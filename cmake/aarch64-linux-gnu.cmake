@@ -1,0 +1,41 @@
+# Cross build for 64-bit ARM Linux with Debian's cross toolchain; tests run under qemu.
+#
+#   apt-get install g++-aarch64-linux-gnu qemu-user
+#   cmake -S . -B build-arm64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake
+#   cmake --build build-arm64 && ctest --test-dir build-arm64
+#
+# -DOCTET_KERNELS_ONLY=ON builds just the kernels and their tests, which need no other library.
+# The whole project needs the arm64 builds of its libraries (dpkg --add-architecture arm64, then
+# libpcre2-dev:arm64 libutf8proc-dev:arm64 libcurl4-openssl-dev:arm64); but Debian 12's
+# libsentencepiece is not multiarch: its arm64 package replaces the host's, breaking native builds.
+#
+# Android (phones) does not use this file: pass the NDK's own toolchain file instead,
+#   cmake -S . -B build-android -DCMAKE_TOOLCHAIN_FILE=$NDK/build/cmake/android.toolchain.cmake \
+#     -DANDROID_ABI=arm64-v8a -DANDROID_PLATFORM=android-28 -DOCTET_KERNELS_ONLY=ON
+# then push the binaries with adb to run them. The NEON backend is chosen at run time on
+# devices with dotprod (ARMv8.2: Cortex-A55/A75 and later); older cores use the scalar one.
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR aarch64)
+
+set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
+set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
+
+# "-cpu max" has every feature qemu emulates (dotprod included), so the NEON backend is tested.
+# -L runs the cross toolchain's dynamic loader; LD_LIBRARY_PATH makes it load the libc of its own
+# version even where multiarch libc6:arm64 is installed too (a mismatched pair hangs in
+# pthread_create).
+set(CMAKE_CROSSCOMPILING_EMULATOR
+    "qemu-aarch64;-L;/usr/aarch64-linux-gnu;-E;LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib;-cpu;max")
+
+# Headers and libraries come from the target: the cross sysroot, and the multiarch arm64
+# packages in /usr (lib/aarch64-linux-gnu). Programs (pkg-config, ...) come from the host.
+set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
+set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)
+set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY BOTH)
+set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
+set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
+
+# pkg-config must see only the arm64 .pc files (and the architecture-independent ones).
+set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig)
+set(ENV{PKG_CONFIG_PATH} "")

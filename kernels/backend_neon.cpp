@@ -1,0 +1,183 @@
+// NEON + dotprod (ARMv8.2-A) backend, for phones. One 32-element block is two 128-bit vectors of
+// bytes; int8 products use sdot (four s8 x s8 products summed into each i32 lane), so they are
+// exact. Q4 nibbles (0..15, or -8..7 for Q4_0) fit in s8, so every block type takes the same sdot.
+// Only this file's own (anonymous) functions use the ARMv8.2 flags: header inlines such as
+// fp16_to_fp32 are avoided here, so no out-of-line copy of them can carry dotprod code.
+#include <arm_neon.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "kernels/backend.h"
+
+namespace octet::kernels {
+
+namespace {
+
+// fcvt, exact for every half (subnormals included: Linux and Android leave FPCR's flush bits off).
+float half_to_float(uint16_t bits) {
+  __fp16 h;
+  std::memcpy(&h, &bits, sizeof h);
+  return (float)h;
+}
+
+// Same arithmetic as the scalar quantizer (fmax-style amax, a true division, ties to even, NaN
+// clamped to -127), so the same bytes.
+void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
+  const float32x4_t lowest = vdupq_n_f32(-127.0f), highest = vdupq_n_f32(127.0f);
+  for (int64_t b = 0; b < k / kBlockSize; ++b, x += kBlockSize) {
+    float32x4_t v[8];
+    for (int i = 0; i < 8; ++i) v[i] = vld1q_f32(x + 4 * i);
+    // maxnm ignores NaN like std::fmax, and starting from 0 as the scalar loop does keeps an
+    // all-NaN block at d = 0.
+    float32x4_t amax = vdupq_n_f32(0.0f);
+    for (int i = 0; i < 8; ++i) amax = vmaxnmq_f32(amax, vabsq_f32(v[i]));
+    const float d = vmaxnmvq_f32(amax) / 127.0f;
+    out[b].d = d;
+    if (d == 0) {
+      std::memset(out[b].qs, 0, kBlockSize);
+      out[b].s = 0;
+      continue;
+    }
+    const float32x4_t vd = vdupq_n_f32(d);
+    int32x4_t q[8];
+    for (int i = 0; i < 8; ++i) {
+      const float32x4_t r = vrndnq_f32(vdivq_f32(v[i], vd));
+      // As the scalar clamp: a NaN fails r >= -127 and becomes -127.
+      q[i] = vcvtq_s32_f32(vbslq_f32(vcgeq_f32(r, lowest), vminq_f32(r, highest), lowest));
+    }
+    int32x4_t sum = q[0];
+    for (int i = 1; i < 8; ++i) sum = vaddq_s32(sum, q[i]);
+    for (int i = 0; i < 2; ++i) {
+      const int16x8_t lo = vcombine_s16(vmovn_s32(q[4 * i]), vmovn_s32(q[4 * i + 1]));
+      const int16x8_t hi = vcombine_s16(vmovn_s32(q[4 * i + 2]), vmovn_s32(q[4 * i + 3]));
+      vst1q_s8(out[b].qs + 16 * i, vcombine_s8(vmovn_s16(lo), vmovn_s16(hi)));
+    }
+    out[b].s = d * (float)vaddvq_s32(sum);
+  }
+}
+
+template <DType T>
+using BlockOf = std::conditional_t<T == DType::Q8_0, BlockQ8_0,
+                                   std::conditional_t<T == DType::Q4_0, BlockQ4_0, BlockQ4_1>>;
+
+// The block's weights as signed bytes, elements 0..15 then 16..31: Q8_0 as stored, Q4_0 as q - 8,
+// Q4_1 as the plain nibbles (low nibbles are elements 0..15).
+template <DType T>
+int8x16x2_t load_weights(const BlockOf<T>& blk) {
+  if constexpr (T == DType::Q8_0) {
+    return {{vld1q_s8(blk.qs), vld1q_s8(blk.qs + 16)}};
+  } else {
+    const uint8x16_t packed = vld1q_u8(blk.qs);
+    int8x16x2_t q = {{vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0f))), vreinterpretq_s8_u8(vshrq_n_u8(packed, 4))}};
+    if constexpr (T == DType::Q4_0) {
+      q.val[0] = vsubq_s8(q.val[0], vdupq_n_s8(8));
+      q.val[1] = vsubq_s8(q.val[1], vdupq_n_s8(8));
+    }
+    return q;
+  }
+}
+
+// Every tile height adds in the same order (same U for every R), so a row's result does not
+// depend on how many rows share its tile: M = 1 and M > 1 give the same bits, which the engine's
+// token-by-token == batch check needs (the next layer's int8 rounding amplifies any difference).
+
+// Dot products of one weight row with R activation rows: each weight block is loaded and
+// unpacked once per tile. Two accumulators hide the FMA latency.
+template <DType T, int R>
+void dot_tile_q(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
+  constexpr int U = 2;
+  const BlockOf<T>* wb = static_cast<const BlockOf<T>*>(w);
+  const BlockQ8A* xb[R];
+  for (int r = 0; r < R; ++r) xb[r] = reinterpret_cast<const BlockQ8A*>(static_cast<const char*>(x) + r * x_stride);
+  float32x4_t acc[R][U];
+  float min_acc[R];  // Q4_1: sum of m * s
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < U; ++u) acc[r][u] = vdupq_n_f32(0.0f);
+    min_acc[r] = 0;
+  }
+  auto step = [&](int64_t b, int u) __attribute__((always_inline)) {
+    const int8x16x2_t wq = load_weights<T>(wb[b]);
+    const float dw = half_to_float(wb[b].d);
+    for (int r = 0; r < R; ++r) {
+      const BlockQ8A& xr = xb[r][b];
+      const int32x4_t sumi = vdotq_s32(vdotq_s32(vdupq_n_s32(0), wq.val[0], vld1q_s8(xr.qs)), wq.val[1], vld1q_s8(xr.qs + 16));
+      acc[r][u] = vfmaq_n_f32(acc[r][u], vcvtq_f32_s32(sumi), dw * xr.d);
+      if constexpr (T == DType::Q4_1) min_acc[r] += half_to_float(wb[b].m) * xr.s;
+    }
+  };
+  const int64_t nb = k / kBlockSize;
+  int64_t b = 0;
+  for (; b + U <= nb; b += U)
+    for (int u = 0; u < U; ++u) step(b + u, u);
+  for (; b < nb; ++b) step(b, 0);
+  for (int r = 0; r < R; ++r) {
+    float32x4_t sum = acc[r][0];
+    for (int u = 1; u < U; ++u) sum = vaddq_f32(sum, acc[r][u]);
+    y[r * ldy] = vaddvq_f32(sum) + min_acc[r];
+  }
+}
+
+// 4 weights as f32.
+float32x4_t load4(const float* p) { return vld1q_f32(p); }
+float32x4_t load4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+float load1(const float* p) { return *p; }
+float load1(const uint16_t* p) { return half_to_float(*p); }
+
+// F16 / F32 weights against f32 activations. Four accumulators of 4 lanes keep every lane's
+// chain of additions at k/16 or shorter; the k % 16 tail goes 4 at a time, then one at a time.
+template <typename W, int R>
+void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
+  constexpr int U = 4;
+  const W* wr = static_cast<const W*>(w);
+  const float* xr[R];
+  for (int r = 0; r < R; ++r) xr[r] = reinterpret_cast<const float*>(static_cast<const char*>(x) + r * x_stride);
+  float32x4_t acc[R][U];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) acc[r][u] = vdupq_n_f32(0.0f);
+  auto step = [&](int64_t i, int u) __attribute__((always_inline)) {
+    const float32x4_t wv = load4(wr + i);
+    for (int r = 0; r < R; ++r) acc[r][u] = vfmaq_f32(acc[r][u], wv, vld1q_f32(xr[r] + i));
+  };
+  int64_t i = 0;
+  for (; i + 4 * U <= k; i += 4 * U)
+    for (int u = 0; u < U; ++u) step(i + 4 * u, u);
+  for (; i + 4 <= k; i += 4) step(i, 0);
+  for (int r = 0; r < R; ++r) {
+    float32x4_t sum = acc[r][0];
+    for (int u = 1; u < U; ++u) sum = vaddq_f32(sum, acc[r][u]);
+    float total = vaddvq_f32(sum);
+    for (int64_t j = i; j < k; ++j) total += load1(wr + j) * xr[r][j];
+    y[r * ldy] = total;
+  }
+}
+
+using TileR = void (*)(const void*, const void*, size_t, int64_t, float*, int64_t);
+template <TileR Tile1, TileR Tile2, TileR Tile3, TileR Tile4>
+void by_rows(const void* w, const void* x, size_t x_stride, int rows, int64_t k, float* y, int64_t ldy) {
+  static_assert(kTileRows == 4);
+  switch (rows) {
+    case 1: Tile1(w, x, x_stride, k, y, ldy); break;
+    case 2: Tile2(w, x, x_stride, k, y, ldy); break;
+    case 3: Tile3(w, x, x_stride, k, y, ldy); break;
+    default: Tile4(w, x, x_stride, k, y, ldy); break;
+  }
+}
+
+template <DType T>
+constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
+template <typename W>
+constexpr DotTileFn kTileF = by_rows<dot_tile_f<W, 1>, dot_tile_f<W, 2>, dot_tile_f<W, 3>, dot_tile_f<W, 4>>;
+
+}  // namespace
+
+const Backend& neon_backend() {
+  static const Backend backend = {
+      "neon",
+      quantize_act,
+      {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
+  };
+  return backend;
+}
+
+}  // namespace octet::kernels
