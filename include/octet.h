@@ -137,6 +137,74 @@ octet_status octet_generate(octet_context* context, const char* prompt, size_t p
                             const octet_generate_params* params, octet_text_callback callback,
                             void* user_data, octet_generate_stats* stats);
 
+/* ---- Translation ------------------------------------------------------------------------- */
+
+/* An encoder-decoder translation model (general.architecture "encdec": MarianMT, CTranslate2
+ * Transformers) with the state to run it. It belongs to one thread at a time; load one per thread
+ * to translate in parallel (the weights are mapped, so they are shared by the OS). */
+typedef struct octet_translator octet_translator;
+
+typedef struct octet_translator_params {
+  int verify_checksums; /* 1 (default): check every tensor's checksum while loading */
+} octet_translator_params;
+
+void octet_translator_params_init(octet_translator_params* params);
+octet_status octet_translator_load(const char* path, const octet_translator_params* params,
+                                   octet_translator** out);
+void octet_translator_free(octet_translator* translator);
+
+/* Called with newly settled text of sentence `sentence` (an index into the input), never
+ * splitting a UTF-8 character. Return non-zero to stop (octet_translate then returns
+ * OCTET_ERR_CANCELLED). With a callback, sentences are translated one at a time, in order. */
+typedef int (*octet_translation_callback)(size_t sentence, const char* text, size_t len, void* user_data);
+
+typedef struct octet_translate_params {
+  int32_t beam_size;            /* 1: greedy. default: the model's (generation_config), else 4 */
+  int32_t n_best;               /* hypotheses per sentence, <= beam_size. default 1 */
+  float length_penalty;         /* score = sum of log-probs / length^length_penalty. default: the model's, else 1 */
+  int32_t max_length;           /* generated tokens, EOS included, capped at the model's positions.
+                                   default: the model's max_length - 1 (it counts the start token), else 256 */
+  float max_length_ratio;       /* > 0: also at most ceil(ratio x source tokens). default 0 (off) */
+  int32_t batch_size;           /* sentences per batch. default 32 */
+  int32_t max_batch_tokens;     /* source tokens per batch, 0: no limit. default 16384 */
+  int32_t no_repeat_ngram_size; /* 0: off. default: the model's, else 0 */
+  float repetition_penalty;     /* 1: off (HF semantics). default 1 */
+  const char* prefix;           /* target text every translation starts with; NULL or "": none */
+  int32_t n_threads;            /* 0 (default): all cores */
+  octet_translation_callback callback; /* NULL (default): no streaming */
+  void* user_data;
+} octet_translate_params;
+
+/* Fills params with the defaults above; with a translator, its model's own defaults. */
+void octet_translate_params_init(const octet_translator* translator, octet_translate_params* params);
+
+typedef struct octet_hypothesis {
+  const char* text;  /* NUL-terminated; text_len bytes */
+  size_t text_len;
+  float score;       /* length-normalised log probability; 0 for an empty input */
+  int32_t n_tokens;  /* target tokens, prefix included, EOS excluded */
+} octet_hypothesis;
+
+typedef struct octet_translation {
+  const octet_hypothesis* hypotheses; /* best first */
+  size_t n_hypotheses;                /* n_best (fewer only if the search found fewer) */
+} octet_translation;
+
+typedef struct octet_translation_results {
+  const octet_translation* translations; /* one per input sentence, in input order */
+  size_t n_translations;
+  void* internal; /* owned storage; do not touch */
+} octet_translation_results;
+
+/* Translates n sentences (UTF-8, one sentence or line each; NULL-free). An empty sentence gives
+ * empty hypotheses. A sentence longer than the model's positions is split at sentence ends and
+ * its parts' translations joined; one that cannot be split short enough is an error naming it
+ * ("sentence 3 ...", counting from 1), as is invalid UTF-8. On success *out holds the results,
+ * to be freed with octet_translation_results_free. params may be NULL (model defaults). */
+octet_status octet_translate(octet_translator* translator, const char* const* sentences, size_t n,
+                             const octet_translate_params* params, octet_translation_results** out);
+void octet_translation_results_free(octet_translation_results* results);
+
 /* ---- Conversion -------------------------------------------------------------------------- */
 
 typedef struct octet_convert_params {
