@@ -49,7 +49,11 @@ void add(float* x, const float* y, int64_t n) {
 }
 
 void add_bias(float* x, const float* bias, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) add(x + r * n, bias, n);
+  // One region for all rows: a parallel region per row costs more than small rows' additions.
+#pragma omp parallel for if (rows * n > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; ++i) x[r * n + i] += bias[i];
+  }
 }
 
 std::vector<float> rope_inverse_frequencies(int64_t head_dim, float theta, const RopeScaling& scaling) {

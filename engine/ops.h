@@ -1,4 +1,4 @@
-// The few operations a decoder-only transformer is made of. Activations are rows of floats,
+// The few operations the transformers are made of (decoder-only and encoder-decoder). Activations are rows of floats,
 // row-major; weights are views into the mapped file, in their stored type. The heavy math
 // (matmul, dequantization) is delegated to kernels/.
 #pragma once

@@ -187,6 +187,8 @@ void add_generation_defaults(const HfConfig& generation, int64_t target_vocab_si
   if (generation.has("forced_eos_token_id"))
     out.set("generation.forced_eos_token_id",
             static_cast<int32_t>(generation.integer("forced_eos_token_id", 0, target_vocab_size - 1)));
+  if (generation.has("renormalize_logits"))
+    out.set("generation.renormalize_logits", generation.boolean_or("renormalize_logits", false));
   if (generation.has("length_penalty"))
     out.set("generation.length_penalty", static_cast<float>(generation.number("length_penalty", -1000.0, 1000.0)));
   if (const json* bad_words = generation.find("bad_words_ids")) {
