@@ -24,12 +24,24 @@ using QuantizeActFn = void (*)(const float* x, BlockQ8A* out, int64_t k);
 using DotTileFn = void (*)(const void* w, const void* x, size_t x_stride, int rows, int64_t k,
                            float* y, int64_t ldy);
 
+// Weight rows handled by one DotBlockFn call.
+constexpr int kWeightRows = 4;
+
+// Optional, register-blocked form of DotTileFn: `wrows` (1..kWeightRows) weight rows, row j at
+// w + j * w_stride bytes, against `rows` (1..kTileRows) activation rows:
+//   y[r * ldy + j] = dot(weight row j, activation row r).
+// Each output must have exactly the bits DotTileFn gives it for that weight row alone (and so
+// the same bits for every wrows and rows).
+using DotBlockFn = void (*)(const void* w, size_t w_stride, int wrows, const void* x, size_t x_stride, int rows,
+                            int64_t k, float* y, int64_t ldy);
+
 // No function in an ISA file may run before dispatch.cpp has checked the CPU (which it does in
 // plain x86-64 / armv8-a code), so the table holds only the kernels.
 struct Backend {
   const char* name;
   QuantizeActFn quantize_act;
   DotTileFn dot[5];  // indexed by DType
+  DotBlockFn dot_block[5];  // indexed by DType; nullptr where matmul should call dot per weight row
 };
 
 // True for the block types, whose activations are quantized to BlockQ8A.

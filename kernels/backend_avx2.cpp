@@ -77,12 +77,15 @@ __m256i load_weights(const BlockOf<T>& blk) {
   else return unpack_nibbles(blk.qs);
 }
 
-// Dot products of weight rows with R activation rows at once: each weight block is loaded and
-// unpacked once per tile. One accumulator per row per unrolled block; a single row gets two, so
-// the FMA latency chain does not limit GEMV.
+// Every tile height adds in the same order (same U for every R), so a row's result does not
+// depend on how many rows share its tile: M = 1 and M > 1 give the same bits, which the engine's
+// token-by-token == batch check needs (the next layer's int8 rounding amplifies any difference).
+
+// Dot products of one weight row with R activation rows at once: each weight block is loaded and
+// unpacked once per tile. Two accumulators per row hide the FMA latency.
 template <DType T, int R>
 void dot_tile_q(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
-  constexpr int U = R == 1 ? 2 : 1;
+  constexpr int U = 2;
   const BlockOf<T>* wb = static_cast<const BlockOf<T>*>(w);
   const BlockQ8A* xb[R];
   for (int r = 0; r < R; ++r) xb[r] = reinterpret_cast<const BlockQ8A*>(static_cast<const char*>(x) + r * x_stride);
@@ -124,10 +127,13 @@ __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const 
 float load1(const float* p) { return *p; }
 float load1(const uint16_t* p) { return _cvtsh_ss(*p); }
 
-// F16 / F32 weights against f32 activations; k need not be a multiple of 8.
+// F16 / F32 weights against f32 activations; k need not be a multiple of 8. Four accumulators per
+// row for every R (same order of additions for every tile height); R is at most 2 here, taller
+// tiles go two rows at a time (see by_rows) so the 16 ymm registers suffice.
 template <typename W, int R>
 void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
-  constexpr int U = R == 1 ? 4 : 2;
+  static_assert(R <= 2);
+  constexpr int U = 4;
   const W* wr = static_cast<const W*>(w);
   const float* xr[R];
   for (int r = 0; r < R; ++r) xr[r] = reinterpret_cast<const float*>(static_cast<const char*>(x) + r * x_stride);
@@ -165,8 +171,15 @@ void by_rows(const void* w, const void* x, size_t x_stride, int rows, int64_t k,
 
 template <DType T>
 constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
+// Rows 0-1 as one tile, then the rest: a row's additions do not depend on its neighbours.
+template <TileR Head, TileR Rest>
+void split2(const void* w, const void* x, size_t x_stride, int64_t k, float* y, int64_t ldy) {
+  Head(w, x, x_stride, k, y, ldy);
+  Rest(w, static_cast<const char*>(x) + 2 * x_stride, x_stride, k, y + 2 * ldy, ldy);
+}
 template <typename W>
-constexpr DotTileFn kTileF = by_rows<dot_tile_f<W, 1>, dot_tile_f<W, 2>, dot_tile_f<W, 3>, dot_tile_f<W, 4>>;
+constexpr DotTileFn kTileF = by_rows<dot_tile_f<W, 1>, dot_tile_f<W, 2>, split2<dot_tile_f<W, 2>, dot_tile_f<W, 1>>,
+                                     split2<dot_tile_f<W, 2>, dot_tile_f<W, 2>>>;
 
 }  // namespace
 
@@ -175,6 +188,7 @@ const Backend& avx2_backend() {
       "avx2",
       quantize_act,
       {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
+      {},
   };
   return backend;
 }

@@ -176,6 +176,7 @@ const Backend& neon_backend() {
       "neon",
       quantize_act,
       {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
+      {},
   };
   return backend;
 }

@@ -94,6 +94,7 @@ const Backend& scalar_backend() {
           tile<BlockQ4_0, BlockQ8A, dot_q4_0, true>,
           tile<BlockQ4_1, BlockQ8A, dot_q4_1, true>,
       },
+      {},
   };
   return backend;
 }

@@ -41,6 +41,7 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
 
   const Backend& backend = active_backend();
   const DotTileFn dot = backend.dot[(int)wtype];
+  const DotBlockFn dot_block = backend.dot_block[(int)wtype];
   const bool quantized = is_quantized(wtype);
 
   // Quantized weights take X as int8 blocks, made once per call in a buffer owned by the calling
@@ -60,7 +61,8 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
 
   const int64_t threads = omp_get_max_threads();
   const int64_t rows_per_thread = (N + threads - 1) / threads;
-  const int64_t chunk_rows = std::clamp<int64_t>((int64_t)(kChunkBytes / w_stride), 1, rows_per_thread);
+  int64_t chunk_rows = std::clamp<int64_t>((int64_t)(kChunkBytes / w_stride), 1, rows_per_thread);
+  if (chunk_rows > kWeightRows) chunk_rows -= chunk_rows % kWeightRows;  // whole register blocks
   const int64_t chunks = (N + chunk_rows - 1) / chunk_rows;
   const char* w_base = static_cast<const char*>(W);
 
@@ -70,14 +72,22 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
 #pragma omp for schedule(static)
       for (int64_t m = 0; m < M; ++m) backend.quantize_act(X + m * K, act + m * (K / kBlockSize), K);
     }
-#pragma omp for schedule(static)
+    // Dynamic: on a loaded machine a descheduled thread's chunks go to the other threads. Which
+    // thread computes an output does not change its bits.
+#pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t n0 = c * chunk_rows, n1 = std::min(N, n0 + chunk_rows);
       for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
         const int rows = (int)std::min<int64_t>(kTileRows, M - m0);
         const char* x_tile = x_base + m0 * x_stride;
-        for (int64_t n = n0; n < n1; ++n)
-          dot(w_base + n * w_stride, x_tile, x_stride, rows, K, Y + m0 * ldy + n, ldy);
+        float* y_tile = Y + m0 * ldy;
+        if (dot_block != nullptr) {
+          for (int64_t n = n0; n < n1; n += kWeightRows)
+            dot_block(w_base + n * w_stride, w_stride, (int)std::min<int64_t>(kWeightRows, n1 - n), x_tile, x_stride, rows,
+                      K, y_tile + n, ldy);
+        } else {
+          for (int64_t n = n0; n < n1; ++n) dot(w_base + n * w_stride, x_tile, x_stride, rows, K, y_tile + n, ldy);
+        }
       }
     }
   }

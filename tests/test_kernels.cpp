@@ -517,3 +517,88 @@ TEST_CASE("matmul: same result with 1 or 2 threads, no allocation once warm, emp
   matmul(DType::Q4_0, w.data(), 0, k, x.data(), m, y.data(), n);  // no rows: nothing to do
   matmul(DType::Q4_0, w.data(), n, k, x.data(), 0, y.data(), n);
 }
+
+namespace {
+
+// Y for M rows of X, then each row again on its own (M = 1): the engine needs the bits to match,
+// so that a prompt run as one batch equals the same prompt run token by token.
+void check_rows_match_alone(const std::string& name, DType t, const std::vector<uint8_t>& w, int64_t n, int64_t k,
+                            const std::vector<float>& x, int64_t m) {
+  const std::vector<float> all = run_matmul(name.c_str(), t, w, n, k, x, m);
+  for (int64_t r = 0; r < m; ++r) {
+    const std::vector<float> row(x.begin() + r * k, x.begin() + (r + 1) * k);
+    const std::vector<float> alone = run_matmul(name.c_str(), t, w, n, k, row, 1);
+    for (int64_t c = 0; c < n; ++c) {
+      if (std::memcmp(&all[r * n + c], &alone[c], sizeof(float)) != 0)
+        FAIL(name << " " << std::string(dtype_name(t)) << " M=" << m << " N=" << n << " K=" << k << " row " << r
+                  << " col " << c << ": " << all[r * n + c] << " in the batch vs " << alone[c] << " alone");
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("every tile height gives each row the same bits as that row alone (M = 1)") {
+  BackendGuard guard;
+  std::mt19937 rng(77);
+  const int64_t n = 37;  // not a multiple of any SIMD row group
+  for (DType t : kAllTypes) {
+    for (int64_t k : {32, 64, 96, 128, 256, 4096 + 32}) {
+      const std::vector<uint8_t> w = quantize(t, random_floats(rng, n * k), n, k);
+      for (const std::string& name : backends()) {
+        CAPTURE(name);
+        // Every tile height explicitly, then heights that mix full tiles and a remainder.
+        for (int64_t m = 1; m <= kTileRows; ++m) check_rows_match_alone(name, t, w, n, k, random_floats(rng, m * k, 2.0f), m);
+        for (int64_t m : {kTileRows + 1, 2 * kTileRows + 3, 17})
+          check_rows_match_alone(name, t, w, n, k, random_floats(rng, m * k, 2.0f), m);
+      }
+    }
+  }
+}
+
+TEST_CASE("tile functions: rows 1..kTileRows give each row the bits of a one-row tile") {
+  // The same property one level down, on each backend's DotTileFn directly.
+  std::mt19937 rng(78);
+  for (DType t : kAllTypes) {
+    for (int64_t k : {32, 64, 96, 128, 256, 4096 + 32}) {
+      const std::vector<uint8_t> w = quantize(t, random_floats(rng, k), 1, k);
+      const std::vector<float> x = random_floats(rng, kTileRows * k, 2.0f);
+      std::vector<BlockQ8A> act(kTileRows * (k / kBlockSize));
+      const void* xp = x.data();
+      size_t x_stride = (size_t)k * sizeof(float);
+      if (is_quantized(t)) {
+        for (int r = 0; r < kTileRows; ++r) scalar_backend().quantize_act(x.data() + r * k, act.data() + r * (k / kBlockSize), k);
+        xp = act.data();
+        x_stride = (size_t)(k / kBlockSize) * sizeof(BlockQ8A);
+      }
+      for (const std::string& name : backends()) {
+        const DotTileFn dot = find_backend(name.c_str())->dot[(int)t];
+        float alone[kTileRows];
+        for (int r = 0; r < kTileRows; ++r) dot(w.data(), static_cast<const char*>(xp) + r * x_stride, x_stride, 1, k, &alone[r], 1);
+        for (int rows = 1; rows <= kTileRows; ++rows) {
+          float got[kTileRows];
+          dot(w.data(), xp, x_stride, rows, k, got, 1);
+          for (int r = 0; r < rows; ++r)
+            if (std::memcmp(&got[r], &alone[r], sizeof(float)) != 0)
+              FAIL(name << " " << std::string(dtype_name(t)) << " K=" << k << " tile of " << rows << " rows, row " << r << ": "
+                        << got[r] << " vs " << alone[r] << " alone");
+        }
+        // The register-blocked form, where a backend has one: every weight-row count 1..kWeightRows
+        // (the same weight row repeated) against every tile height.
+        const DotBlockFn block = find_backend(name.c_str())->dot_block[(int)t];
+        if (block == nullptr) continue;
+        for (int wrows = 1; wrows <= kWeightRows; ++wrows) {
+          for (int rows = 1; rows <= kTileRows; ++rows) {
+            float got[kTileRows * kWeightRows];
+            block(w.data(), 0, wrows, xp, x_stride, rows, k, got, kWeightRows);
+            for (int r = 0; r < rows; ++r)
+              for (int j = 0; j < wrows; ++j)
+                if (std::memcmp(&got[r * kWeightRows + j], &alone[r], sizeof(float)) != 0)
+                  FAIL(name << " " << std::string(dtype_name(t)) << " K=" << k << " block of " << wrows << "x" << rows
+                            << ", row " << r << " weight row " << j << ": " << got[r * kWeightRows + j] << " vs " << alone[r]);
+          }
+        }
+      }
+    }
+  }
+}

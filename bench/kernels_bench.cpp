@@ -1,0 +1,224 @@
+// kernels-bench: throughput of octet::kernels::matmul per weight type and backend.
+//   GEMV (M = 1, decode): GB/s of weight bytes read, against a STREAM-like read probe. The
+//     weights rotate through enough copies to exceed the last-level cache, as in a real decode
+//     step (every layer's weights pass once), so the numbers are memory, not cache, bandwidth.
+//   GEMM (M = 64..512, prefill): GMAC/s, and the TinyLlama-1.1B prefill rate that implies (22
+//     layers of q, k, v, o, gate, up, down; 0.968 GMAC per token, lm head excluded).
+// Each figure is the median of --reps timed runs (the machine may be shared: medians, not bests).
+//
+//   kernels-bench [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--reps 5] [--quick]
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+using namespace octet;
+using namespace octet::kernels;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = s.find(',', start);
+    const size_t end = comma == std::string::npos ? s.size() : comma;
+    if (end > start) out.push_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Deterministic pseudo-random floats, roughly N(0, 1)-shaped (sum of uniforms), fast enough for
+// 65M weights.
+void fill_random(float* x, size_t n, uint64_t seed) {
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; ++i) {
+    float acc = 0;
+    for (int j = 0; j < 3; ++j) {
+      s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+      acc += (float)(s >> 40) * (1.0f / 16777216.0f) - 0.5f;
+    }
+    x[i] = acc * 2.0f;
+  }
+}
+
+std::vector<uint8_t> random_weights(DType t, int64_t n, int64_t k, uint64_t seed) {
+  const size_t rb = row_bytes(t, k);
+  std::vector<uint8_t> w(rb * n);
+  std::vector<float> row(k);
+  for (int64_t r = 0; r < n; ++r) {
+    fill_random(row.data(), k, seed + r);
+    quantize_row(t, row.data(), w.data() + r * rb, k);
+  }
+  return w;
+}
+
+// Runs fn `reps` times for at least min_s each (fn may repeat inside), returns the median time
+// of one fn() call.
+template <typename Fn>
+double time_median(Fn&& fn, int reps, double min_s) {
+  fn();  // warm up (thread pool, scratch buffers, page faults)
+  std::vector<double> times;
+  for (int r = 0; r < reps; ++r) {
+    int calls = 0;
+    const auto t0 = Clock::now();
+    double el;
+    do {
+      fn();
+      ++calls;
+      el = seconds_since(t0);
+    } while (el < min_s);
+    times.push_back(el / calls);
+  }
+  return median(times);
+}
+
+// STREAM-like read bandwidth: sum a buffer much larger than the last-level cache.
+double read_bandwidth_gbs(int reps) {
+  const size_t n = (size_t)256 << 20 >> 3;  // 256 MiB of uint64
+  static std::vector<uint64_t> buf;
+  if (buf.empty()) {
+    buf.resize(n);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) buf[i] = i * 2654435761u;
+  }
+  volatile uint64_t sink = 0;
+  const double t = time_median(
+      [&] {
+        uint64_t total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+        for (size_t i = 0; i < n; i += 8) {
+          total += buf[i] + buf[i + 1] + buf[i + 2] + buf[i + 3] + buf[i + 4] + buf[i + 5] + buf[i + 6] + buf[i + 7];
+        }
+        sink = sink + total;
+      },
+      reps, 0.2);
+  return (double)n * 8 / t / 1e9;
+}
+
+struct Shape {
+  const char* what;
+  int64_t n, k;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> threads = {1, 2};
+  std::vector<std::string> backends, types = {"q8_0", "q4_0"};
+  std::vector<int64_t> gemm_ms = {64, 128, 512};
+  int reps = 5;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : "";
+    if (a == "--threads") threads.clear(), [&] { for (auto& s : split(v)) threads.push_back(std::atoi(s.c_str())); }(), ++i;
+    else if (a == "--backends") backends = split(v), ++i;
+    else if (a == "--types") types = split(v), ++i;
+    else if (a == "--m") gemm_ms.clear(), [&] { for (auto& s : split(v)) gemm_ms.push_back(std::atoll(s.c_str())); }(), ++i;
+    else if (a == "--reps") reps = std::max(1, std::atoi(v)), ++i;
+    else if (a == "--quick") quick = true;
+    else {
+      std::fprintf(stderr, "usage: %s [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--m 64,128,512] [--reps 5] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (backends.empty())
+    for (const char* const* n = available_backends(); *n; ++n)
+      if (std::strcmp(*n, "scalar") != 0) backends.push_back(*n);
+  if (quick) reps = 3, gemm_ms = {128};
+
+  double load[3] = {0, 0, 0};
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3) load[0] = -1;
+    std::fclose(f);
+  }
+  std::printf("kernels-bench: default backend %s, load average %.2f %.2f %.2f, medians of %d runs\n", backend_name(),
+              load[0], load[1], load[2], reps);
+
+  for (int th : threads) {
+    omp_set_num_threads(th);
+    std::printf("read bandwidth (STREAM-like sum, 256 MiB)  threads %d: %6.1f GB/s\n", th, read_bandwidth_gbs(reps));
+  }
+
+  const Shape gemv_shapes[] = {{"ffn up 5632x2048", 5632, 2048}, {"ffn down 2048x5632", 2048, 5632}, {"lm head 32000x2048", 32000, 2048}};
+  // TinyLlama-1.1B: hidden 2048, 32 heads, 4 kv heads of 64, ffn 5632, 22 layers.
+  const Shape layer[] = {{"q", 2048, 2048}, {"k", 256, 2048}, {"v", 256, 2048}, {"o", 2048, 2048},
+                         {"gate", 5632, 2048}, {"up", 5632, 2048}, {"down", 2048, 5632}};
+  double layer_macs = 0;
+  for (const Shape& s : layer) layer_macs += (double)s.n * s.k;
+  constexpr int kLayers = 22;
+
+  for (const std::string& tname : types) {
+    DType t;
+    if (!dtype_from_name(tname.c_str(), &t)) {
+      std::fprintf(stderr, "unknown type %s\n", tname.c_str());
+      return 2;
+    }
+    // GEMV: copies of each shape adding up to >= 96 MiB, so no call finds its weights in L3.
+    for (const Shape& s : gemv_shapes) {
+      const size_t bytes = row_bytes(t, s.k) * s.n;
+      const int copies = (int)std::max<size_t>(1, ((size_t)96 << 20) / bytes + 1);
+      std::vector<std::vector<uint8_t>> ws;
+      for (int c = 0; c < copies; ++c) ws.push_back(random_weights(t, s.n, s.k, 1000 * c + 1));
+      std::vector<float> x(s.k), y(s.n);
+      fill_random(x.data(), x.size(), 7);
+      for (const std::string& b : backends) {
+        if (!force_backend(b.c_str())) continue;
+        for (int th : threads) {
+          omp_set_num_threads(th);
+          int next = 0;
+          const double sec = time_median(
+              [&] {
+                matmul(t, ws[next].data(), s.n, s.k, x.data(), 1, y.data(), s.n);
+                next = (next + 1) % copies;
+              },
+              reps, 0.3);
+          std::printf("GEMV %-5s %-7s %-20s threads %d: %7.1f GB/s  %8.1f us/call\n", tname.c_str(), b.c_str(), s.what, th,
+                      bytes / sec / 1e9, sec * 1e6);
+        }
+      }
+    }
+    // GEMM: the TinyLlama layer, M tokens at once.
+    std::vector<std::vector<uint8_t>> lw;
+    for (const Shape& s : layer) lw.push_back(random_weights(t, s.n, s.k, 77 + s.n));
+    for (int64_t m : gemm_ms) {
+      std::vector<float> x(m * 5632), y(m * 5632);
+      fill_random(x.data(), x.size(), 9);
+      for (const std::string& b : backends) {
+        if (!force_backend(b.c_str())) continue;
+        for (int th : threads) {
+          omp_set_num_threads(th);
+          const double sec = time_median(
+              [&] {
+                for (size_t i = 0; i < std::size(layer); ++i)
+                  matmul(t, lw[i].data(), layer[i].n, layer[i].k, x.data(), m, y.data(), layer[i].n);
+              },
+              reps, 0.3);
+          const double gmacs = layer_macs * m / sec / 1e9;
+          std::printf("GEMM %-5s %-7s TinyLlama layer M=%-4lld    threads %d: %7.1f GMAC/s  ~%6.1f tok/s prefill (matmuls only)\n",
+                      tname.c_str(), b.c_str(), (long long)m, th, gmacs, gmacs * 1e9 / (layer_macs * kLayers));
+        }
+      }
+    }
+  }
+  return 0;
+}
