@@ -144,6 +144,8 @@ const char* stop_reason_name(octet_stop_reason reason) {
 }
 
 void report(const octet_generate_stats& s) {
+  // On a terminal the text just streamed may not end its line: start the report on a new one.
+  if (isatty(STDOUT_FILENO) && isatty(STDERR_FILENO)) std::fputc('\n', stderr);
   std::fprintf(stderr, "prompt: %d tokens in %.3f s (%.1f tokens/s); generation: %d tokens in %.3f s (%.1f tokens/s); stop: %s\n",
                s.prompt_tokens, s.prompt_seconds, s.prompt_seconds > 0 ? s.prompt_tokens / s.prompt_seconds : 0.0,
                s.generated_tokens, s.generate_seconds,
