@@ -5,8 +5,10 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "engine/error.h"
 #include "engine/qbin.h"
 
 namespace octet::convert {
@@ -35,6 +37,19 @@ inline std::string shape_string(const std::vector<int64_t>& shape) {
   std::string text = "[";
   for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
   return text + "]";
+}
+
+// A checkpoint's require(name, shape): `tensor` is what its find(name) gave, `checkpoint` names the
+// checkpoint in the message when that is null. Tensor has the file, name and shape of a tensor
+// in a checkpoint (SafetensorsTensor, PytorchTensor).
+template <class Tensor>
+const Tensor& require_tensor(const Tensor* tensor, const std::string& checkpoint, std::string_view name,
+                             const std::vector<int64_t>& shape) {
+  if (tensor == nullptr) fail(ErrorCode::Format, checkpoint + ": the checkpoint has no tensor \"" + std::string(name) + "\"");
+  if (tensor->shape != shape)
+    fail(ErrorCode::Format, tensor->file + ": tensor \"" + tensor->name + "\" has shape " + shape_string(tensor->shape) +
+                                ", the config implies " + shape_string(shape));
+  return *tensor;
 }
 
 }  // namespace octet::convert

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "engine/error.h"
+#include "engine/loading.h"
 #include "kernels/kernels.h"
 
 namespace octet {
@@ -37,11 +38,7 @@ constexpr int64_t kParallelWork = 1 << 15;
 [[noreturn]] void bad_file(const std::string& message) { fail(ErrorCode::Format, "encdec: " + message); }
 
 int64_t dimension(const qbin::Metadata& metadata, const std::string& key, int64_t max) {
-  const uint32_t value = metadata.u32(key);
-  if (value == 0 || value > max) {
-    bad_file(key + " = " + std::to_string(value) + " is outside [1, " + std::to_string(max) + "]");
-  }
-  return value;
+  return metadata_dimension(metadata, key, max, "encdec");
 }
 
 int32_t token_id(const qbin::Metadata& metadata, const std::string& key, int64_t vocab_size) {
@@ -124,19 +121,11 @@ GenerationDefaults read_generation_defaults(const qbin::Metadata& metadata, cons
 // ---- Weights: views into the mapped file, each checked for its exact shape and type ----------
 
 Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols) {
-  const qbin::TensorInfo& t = file.require(name, {rows, cols});
-  switch (t.dtype) {
-    case DType::F32: case DType::F16: case DType::Q8_0: case DType::Q4_0: case DType::Q4_1:
-      return Matrix{t.dtype, file.data(t), rows, cols};
-  }
-  fail(ErrorCode::Unsupported, "encdec: " + name + " has an unsupported type");
+  return weight_matrix(file, name, rows, cols, "encdec");
 }
 
 const float* optional_f32_vector(const qbin::File& file, const std::string& name, int64_t n) {
-  if (!file.find(name)) return nullptr;
-  const qbin::TensorInfo& t = file.require(name, {n});
-  if (t.dtype != DType::F32) bad_file(name + " is " + kernels::dtype_name(t.dtype) + ", norms and biases must be f32");
-  return static_cast<const float*>(file.data(t));
+  return file.find(name) ? weight_f32_vector(file, name, n, "encdec") : nullptr;
 }
 
 const float* f32_vector(const qbin::File& file, const std::string& name, int64_t n) {

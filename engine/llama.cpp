@@ -20,6 +20,7 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "engine/loading.h"
 #include "kernels/kernels.h"
 
 namespace octet {
@@ -54,11 +55,7 @@ struct LlamaConfig {
 [[noreturn]] void bad_file(const std::string& message) { fail(ErrorCode::Format, "llama: " + message); }
 
 int64_t dimension(const qbin::Metadata& metadata, const std::string& key, int64_t max) {
-  const uint32_t value = metadata.u32(key);
-  if (value == 0 || value > max) {
-    bad_file(key + " = " + std::to_string(value) + " is outside [1, " + std::to_string(max) + "]");
-  }
-  return value;
+  return metadata_dimension(metadata, key, max, "llama");
 }
 
 float positive(const qbin::Metadata& metadata, const std::string& key) {
@@ -111,18 +108,11 @@ LlamaConfig read_config(const qbin::Metadata& metadata) {
 // ---- Weights: views into the mapped file, each checked for its exact shape and type ----------
 
 Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols) {
-  const qbin::TensorInfo& t = file.require(name, {rows, cols});
-  switch (t.dtype) {
-    case DType::F32: case DType::F16: case DType::Q8_0: case DType::Q4_0: case DType::Q4_1:
-      return Matrix{t.dtype, file.data(t), rows, cols};
-  }
-  fail(ErrorCode::Unsupported, "llama: " + name + " has an unsupported type");
+  return weight_matrix(file, name, rows, cols, "llama");
 }
 
 const float* f32_vector(const qbin::File& file, const std::string& name, int64_t n) {
-  const qbin::TensorInfo& t = file.require(name, {n});
-  if (t.dtype != DType::F32) bad_file(name + " is " + kernels::dtype_name(t.dtype) + ", norms and biases must be f32");
-  return static_cast<const float*>(file.data(t));
+  return weight_f32_vector(file, name, n, "llama");
 }
 
 const float* optional_f32_vector(const qbin::File& file, const std::string& name, int64_t n) {

@@ -19,9 +19,11 @@
 
 #include "engine/chat_template.h"
 #include "engine/error.h"
+#include "test_util.h"
 
 using octet::ChatMessage;
 using octet::ChatTemplate;
+using octet::test::error_code_of;
 
 namespace {
 
@@ -300,16 +302,6 @@ std::vector<ChatMessage> operator+(std::vector<ChatMessage> a, const std::vector
   return a;
 }
 
-octet::ErrorCode error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const octet::Error& e) {
-    return e.code();
-  }
-  FAIL("no octet::Error thrown");
-  return octet::ErrorCode::Internal;
-}
-
 }  // namespace
 
 TEST_CASE("every family renders as its real template") {
@@ -320,7 +312,7 @@ TEST_CASE("every family renders as its real template") {
     if (c.with_system) {
       CHECK(chat.apply(kSystem + kConversation, true) == c.with_system);
     } else {
-      CHECK(error_of([&] { chat.apply(kSystem + kConversation, true); }) ==
+      CHECK(error_code_of([&] { chat.apply(kSystem + kConversation, true); }) ==
             octet::ErrorCode::InvalidArgument);
     }
     CHECK(chat.apply(kConversation, true) == c.without_system);
@@ -354,21 +346,21 @@ TEST_CASE("an unknown or missing template is refused, naming it") {
     CHECK(e.code() == octet::ErrorCode::Unsupported);
     CHECK(std::string(e.what()).find("### Instruction") != std::string::npos);
   }
-  CHECK(error_of([] { ChatTemplate("", "", ""); }) == octet::ErrorCode::Unsupported);
-  CHECK(error_of([] { ChatTemplate("  \n", "", ""); }) == octet::ErrorCode::Unsupported);
+  CHECK(error_code_of([] { ChatTemplate("", "", ""); }) == octet::ErrorCode::Unsupported);
+  CHECK(error_code_of([] { ChatTemplate("  \n", "", ""); }) == octet::ErrorCode::Unsupported);
   // Phi-3 shares Zephyr's role markers but closes turns with <|end|>.
-  CHECK(error_of([] {
+  CHECK(error_code_of([] {
           ChatTemplate("{% for message in messages %}{{'<|user|>' + '\n' + message['content'] + "
                        "'<|end|>'}}{% endfor %}",
                        "", "");
         }) == octet::ErrorCode::Unsupported);
-  CHECK(error_of([] { ChatTemplate("{{ '[AVAILABLE_TOOLS] [' }}{{ '[INST] ' }}", "", ""); }) ==
+  CHECK(error_code_of([] { ChatTemplate("{{ '[AVAILABLE_TOOLS] [' }}{{ '[INST] ' }}", "", ""); }) ==
         octet::ErrorCode::Unsupported);
 }
 
 TEST_CASE("a system message after the first is refused where templates cannot place it") {
   const ChatTemplate llama(kLlama3, "<|begin_of_text|>", "<|eot_id|>");
-  CHECK(error_of([&] { llama.apply(kConversation + kSystem, true); }) == octet::ErrorCode::InvalidArgument);
+  CHECK(error_code_of([&] { llama.apply(kConversation + kSystem, true); }) == octet::ErrorCode::InvalidArgument);
   // ChatML renders any role anywhere.
   const ChatTemplate chatml(kSmolLM, "", "");
   CHECK(chatml.apply(kSystem, false) == "<|im_start|>system\nYou are terse. <|im_end|>\n");

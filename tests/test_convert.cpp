@@ -19,6 +19,7 @@
 #include "tokenizer/tokenizer.h"
 
 using namespace octet;
+using octet::test::check_error;
 using octet::test::TempDir;
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -40,15 +41,6 @@ std::string error_of(F&& f, ErrorCode* code) {
 }
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-// Checks that f throws octet::Error with this code and a message holding every part.
-template <class F>
-void check_error(F&& f, ErrorCode expected, std::initializer_list<std::string> parts) {
-  ErrorCode code{};
-  const std::string message = error_of(f, &code);
-  CHECK_MESSAGE(code == expected, message);
-  for (const std::string& part : parts) CHECK_MESSAGE(contains(message, part), "\"", part, "\" not in: ", message);
-}
 
 convert::Options with_quant(DType quant) {
   convert::Options options;

@@ -14,26 +14,13 @@
 
 using namespace octet;
 using namespace octet::convert;
+using octet::test::check_error;
 using octet::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
 
 const fs::path kAren = octet::test::shared_data("models/ctranslate2-aren-transliteration");
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-template <class F>
-void check_error(F&& f, ErrorCode expected, const std::string& part) {
-  try {
-    f();
-    FAIL("no error; expected one containing \"", part, "\"");
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    CHECK_MESSAGE(e.code() == expected, message);
-    CHECK_MESSAGE(contains(message, part), "\"", part, "\" not in: ", message);
-  }
-}
 
 std::vector<float> read_all(const Ct2Model& model, const std::string& name) {
   const Ct2Variable* variable = model.find(name);

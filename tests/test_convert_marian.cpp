@@ -20,6 +20,7 @@
 #include "tokenizer/tokenizer.h"
 
 using namespace octet;
+using octet::test::check_error;
 using octet::test::TempDir;
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -54,19 +55,6 @@ double max_difference(const std::vector<float>& a, const std::vector<float>& b) 
   double worst = 0;
   for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
   return worst;
-}
-
-// Checks that f throws octet::Error with this code and a message holding `part`.
-void check_error(const std::function<void()>& f, ErrorCode expected, const std::string& part) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    CHECK_MESSAGE(e.code() == expected, message);
-    CHECK_MESSAGE(message.find(part) != std::string::npos, "\"", part, "\" not in: ", message);
-    return;
-  }
-  FAIL("no octet::Error for \"" << part << "\"");
 }
 
 fs::path copy_folder(const fs::path& from, const fs::path& to) {

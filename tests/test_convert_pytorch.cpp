@@ -15,6 +15,7 @@
 
 using namespace octet;
 using namespace octet::convert;
+using octet::test::check_error;
 using octet::test::TempDir;
 using namespace std::string_literals;
 namespace fs = std::filesystem;
@@ -22,21 +23,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const fs::path kFixtures = octet::test::test_data("pytorch");
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-// Checks that f throws octet::Error with this code and a message holding part.
-template <class F>
-void check_error(F&& f, ErrorCode expected, const std::string& part) {
-  try {
-    f();
-    FAIL("no error; expected one containing \"", part, "\"");
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    CHECK_MESSAGE(e.code() == expected, message);
-    CHECK_MESSAGE(contains(message, part), "\"", part, "\" not in: ", message);
-  }
-}
 
 std::vector<float> read_all(const PytorchTensor& tensor) {
   std::vector<float> values(static_cast<size_t>(tensor.elements()));

@@ -25,16 +25,10 @@
 #include "tokenizer/tokenizer.h"
 
 using namespace octet;
+using octet::test::random_vector;
 using octet::test::TempDir;
 
 namespace {
-
-std::vector<float> random_vector(std::mt19937& rng, size_t n, float stddev, float mean = 0.0f) {
-  std::normal_distribution<float> normal(mean, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
 
 // max |a - b| / max |b|: the error relative to the reference's scale (elementwise ratios are
 // meaningless near zero).

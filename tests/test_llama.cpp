@@ -20,16 +20,11 @@
 #include "tokenizer/tokenizer.h"
 
 using namespace octet;
+using octet::test::error_code_of;
+using octet::test::random_vector;
 using octet::test::TempDir;
 
 namespace {
-
-std::vector<float> random_vector(std::mt19937& rng, size_t n, float stddev, float mean = 0.0f) {
-  std::normal_distribution<float> normal(mean, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
 
 // transformers' _compute_default/linear/llama3_rope_parameters, transcribed operation by
 // operation (in double) as the reference for ops::rope_inverse_frequencies.
@@ -463,17 +458,6 @@ std::vector<int32_t> greedy(const LanguageModel& model, const std::vector<int32_
     if (i + 1 < n_new) logits = state->forward(std::span(&sequence.back(), 1));
   }
   return {sequence.begin() + prompt.size(), sequence.end()};
-}
-
-template <typename Fn>
-ErrorCode error_code_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  FAIL("no octet::Error thrown");
-  return ErrorCode::Internal;
 }
 
 }  // namespace

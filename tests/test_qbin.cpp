@@ -3,38 +3,22 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
-#include <unistd.h>
-
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <random>
 
 #include "engine/error.h"
 #include "engine/qbin.h"
 #include "kernels/kernels.h"
+#include "test_util.h"
 
 using namespace octet;
+using octet::test::read_bytes;
+using octet::test::TempDir;
+using octet::test::write_bytes;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("octet_qbin_" + std::to_string(::getpid()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-std::vector<uint8_t> read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-void write_file(const fs::path& p, const std::vector<uint8_t>& bytes) {
-  std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-}
 
 qbin::Metadata sample_metadata() {
   qbin::Metadata m;
@@ -93,8 +77,8 @@ void expect_rejected(const fs::path& path, const std::string& needle) {
 }  // namespace
 
 TEST_CASE("metadata and tensors round-trip") {
-  TempDir dir;
-  const fs::path path = dir.path / "m.qbin";
+  TempDir dir("qbin");
+  const fs::path path = dir / "m.qbin";
   auto [a, bq] = write_sample(path);
   CHECK_FALSE(fs::exists(path.string() + ".part"));
   auto file = qbin::File::open(path.string());
@@ -128,8 +112,8 @@ TEST_CASE("metadata and tensors round-trip") {
 }
 
 TEST_CASE("writer refuses wrong sizes and removes unfinished files") {
-  TempDir dir;
-  const fs::path path = dir.path / "w.qbin";
+  TempDir dir("qbin");
+  const fs::path path = dir / "w.qbin";
   {
     qbin::Writer w(path.string(), {}, {{"t", DType::F32, {4}}});
     float four[4] = {};
@@ -143,26 +127,26 @@ TEST_CASE("writer refuses wrong sizes and removes unfinished files") {
 }
 
 TEST_CASE("every truncation is rejected") {
-  TempDir dir;
-  const fs::path path = dir.path / "t.qbin";
+  TempDir dir("qbin");
+  const fs::path path = dir / "t.qbin";
   write_sample(path);
-  const auto full = read_file(path);
+  const auto full = read_bytes(path);
   // The last tensor ends before the final padding; cutting only padding leaves a valid file.
   auto file = qbin::File::open(path.string());
   const auto& last = file->tensors().back();
   const size_t end_of_data = read_u64(full, 48) + last.offset + last.size;
   file.reset();
   for (size_t n = 0; n < end_of_data; ++n) {
-    write_file(path, std::vector<uint8_t>(full.begin(), full.begin() + n));
+    write_bytes(path, std::vector<uint8_t>(full.begin(), full.begin() + n));
     CHECK_THROWS_AS(qbin::File::open(path.string()), Error);
   }
 }
 
 TEST_CASE("every bit flip in checked bytes is rejected") {
-  TempDir dir;
-  const fs::path path = dir.path / "f.qbin";
+  TempDir dir("qbin");
+  const fs::path path = dir / "f.qbin";
   write_sample(path);
-  const auto full = read_file(path);
+  const auto full = read_bytes(path);
   std::vector<size_t> checked;  // header, metadata, table, and each tensor's bytes
   const uint64_t data_offset = read_u64(full, 48);
   for (size_t i = 0; i < data_offset; ++i) checked.push_back(i);
@@ -174,41 +158,41 @@ TEST_CASE("every bit flip in checked bytes is rejected") {
   for (size_t at : checked) {
     auto bad = full;
     bad[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
-    write_file(path, bad);
+    write_bytes(path, bad);
     CHECK_THROWS_AS(qbin::File::open(path.string()), Error);
   }
   // Without data verification, a flipped tensor byte is accepted: that is the caller's choice.
   auto bad = full;
   bad[data_offset] ^= 1;
-  write_file(path, bad);
+  write_bytes(path, bad);
   CHECK_NOTHROW(qbin::File::open(path.string(), /*verify_data=*/false));
 }
 
 TEST_CASE("crafted headers with valid checksums are rejected") {
-  TempDir dir;
-  const fs::path path = dir.path / "c.qbin";
+  TempDir dir("qbin");
+  const fs::path path = dir / "c.qbin";
   write_sample(path);
-  const auto good = read_file(path);
+  const auto good = read_bytes(path);
   const uint64_t table_offset = read_u64(good, 32);
 
   SUBCASE("wrong magic and version") {
     auto f = good;
     f[0] = 'X';
-    write_file(path, f);
+    write_bytes(path, f);
     expect_rejected(path, "bad magic");
     f = good;
     put_u32(f, 8, 2);
-    write_file(path, f);
+    write_bytes(path, f);
     expect_rejected(path, "unsupported .qbin version 2");
   }
   SUBCASE("sections past the end of the file") {
     auto f = good;
     put_u64(f, 24, uint64_t{1} << 62);  // metadata size
-    write_file(path, f);
+    write_bytes(path, f);
     expect_rejected(path, "inconsistent");
     f = good;
     put_u64(f, 48, read_u64(f, 48) + 64 * 1000);  // data offset past EOF
-    write_file(path, f);
+    write_bytes(path, f);
     expect_rejected(path, "inconsistent");
   }
   SUBCASE("huge counts and lengths inside the metadata") {
@@ -216,13 +200,13 @@ TEST_CASE("crafted headers with valid checksums are rejected") {
     auto f = good;
     put_u32(f, 64 + 4, 0xFFFFFFF0u);
     reseal(f);
-    write_file(path, f);
+    write_bytes(path, f);
     expect_rejected(path, "truncated metadata");
     // A tensor count far beyond what the table holds.
     f = good;
     put_u32(f, table_offset, 0x7FFFFFFFu);
     reseal(f);
-    write_file(path, f);
+    write_bytes(path, f);
     expect_rejected(path, "truncated tensor table");
   }
   SUBCASE("tensor entries: dtype, rank, dims, size, offset") {
@@ -235,7 +219,7 @@ TEST_CASE("crafted headers with valid checksums are rejected") {
       auto f = good;
       change(f);
       reseal(f);
-      write_file(path, f);
+      write_bytes(path, f);
       expect_rejected(path, needle);
     };
     craft([&](auto& f) { put_u32(f, dtype_at, 99); }, "unknown dtype 99");

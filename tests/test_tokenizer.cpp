@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "engine/error.h"
+#include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
 using nlohmann::json;
@@ -16,18 +17,12 @@ using octet::DetokenizeStream;
 using octet::Error;
 using octet::ErrorCode;
 using octet::Tokenizer;
+using octet::test::error_code_of;
+using octet::test::read_text;
 
 namespace {
 
 const std::string kData = std::string(OCTET_TEST_DATA) + "/tokenizer/";
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE_MESSAGE(in, "cannot open " << path);
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
 
 std::unique_ptr<Tokenizer> bpe_tokenizer(const std::string& tokenizer_json) {
   octet::qbin::Metadata metadata;
@@ -37,7 +32,7 @@ std::unique_ptr<Tokenizer> bpe_tokenizer(const std::string& tokenizer_json) {
 
 std::unique_ptr<Tokenizer> sentencepiece_tokenizer(const std::string& model_path) {
   octet::qbin::Metadata metadata;
-  octet::sentencepiece_metadata(read_file(model_path), metadata);
+  octet::sentencepiece_metadata(read_text(model_path), metadata);
   return Tokenizer::from_metadata(metadata);
 }
 
@@ -70,23 +65,14 @@ void check_stream(const Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
   CHECK(streamed == tokenizer.decode(ids));
 }
 
-ErrorCode error_code_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  FAIL("no octet::Error was thrown");
-  return ErrorCode::Internal;
-}
 
 }  // namespace
 
 TEST_CASE("byte-level BPE matches the Hugging Face goldens") {
   for (const char* name : {"gpt2", "llama3", "qwen2"}) {
     CAPTURE(name);
-    const auto tokenizer = bpe_tokenizer(read_file(kData + name + ".tokenizer.json"));
-    const json golden = json::parse(read_file(kData + name + ".golden.json"));
+    const auto tokenizer = bpe_tokenizer(read_text(kData + name + ".tokenizer.json"));
+    const json golden = json::parse(read_text(kData + name + ".golden.json"));
     CHECK(tokenizer->vocab_size() == golden["vocab_size"].get<int32_t>());
     for (const json& c : golden["cases"]) {
       const std::string text = c["text"];
@@ -103,14 +89,14 @@ TEST_CASE("byte-level BPE matches the Hugging Face goldens") {
 }
 
 TEST_CASE("byte-level BPE special tokens and BOS") {
-  const auto llama3 = bpe_tokenizer(read_file(kData + "llama3.tokenizer.json"));
+  const auto llama3 = bpe_tokenizer(read_text(kData + "llama3.tokenizer.json"));
   CHECK(llama3->bos_id() == 795);  // from the TemplateProcessing post-processor
   CHECK(llama3->add_bos());
   CHECK(llama3->is_special(795));
   CHECK_FALSE(llama3->is_special(100));
   CHECK_FALSE(llama3->is_special(800));
 
-  const auto qwen2 = bpe_tokenizer(read_file(kData + "qwen2.tokenizer.json"));
+  const auto qwen2 = bpe_tokenizer(read_text(kData + "qwen2.tokenizer.json"));
   CHECK(qwen2->bos_id() == -1);
   CHECK_FALSE(qwen2->add_bos());
   CHECK(qwen2->encode("hi", true, true) == qwen2->encode("hi", false, true));
@@ -122,7 +108,7 @@ TEST_CASE("byte-level BPE special tokens and BOS") {
 
 TEST_CASE("BPE streaming never splits a character that byte tokens spell out") {
   // The small test vocabularies spell CJK and emoji out in single bytes.
-  const auto tokenizer = bpe_tokenizer(read_file(kData + "gpt2.tokenizer.json"));
+  const auto tokenizer = bpe_tokenizer(read_text(kData + "gpt2.tokenizer.json"));
   const auto ids = tokenizer->encode("中文 🍕 👨‍👩‍👧 é", false, true);
   REQUIRE(ids.size() > 10);
   check_stream(*tokenizer, ids);
@@ -137,10 +123,10 @@ TEST_CASE("BPE streaming never splits a character that byte tokens spell out") {
 TEST_CASE("streaming a long text equals decoding it") {
   // Long enough that the stream keeps only a window of recent ids.
   std::string corpus;
-  for (const json& text : json::parse(read_file(kData + "corpus.json"))) corpus += text.get<std::string>() + "\n";
+  for (const json& text : json::parse(read_text(kData + "corpus.json"))) corpus += text.get<std::string>() + "\n";
   for (const char* name : {"gpt2", "llama3", "qwen2"}) {
     CAPTURE(name);
-    const auto tokenizer = bpe_tokenizer(read_file(kData + name + ".tokenizer.json"));
+    const auto tokenizer = bpe_tokenizer(read_text(kData + name + ".tokenizer.json"));
     const auto ids = tokenizer->encode(corpus, false, true);
     REQUIRE(ids.size() > 1000);
     check_stream(*tokenizer, ids);
@@ -153,7 +139,7 @@ TEST_CASE("streaming a long text equals decoding it") {
 
 TEST_CASE("SentencePiece matches the sentencepiece goldens") {
   const auto tokenizer = sentencepiece_tokenizer(kData + "llama_spm.model");
-  const json golden = json::parse(read_file(kData + "llama_spm.golden.json"));
+  const json golden = json::parse(read_text(kData + "llama_spm.golden.json"));
   CHECK(tokenizer->vocab_size() == golden["vocab_size"].get<int32_t>());
   CHECK(tokenizer->bos_id() == 1);
   CHECK(tokenizer->eos_ids() == std::vector<int32_t>{2});
@@ -201,8 +187,8 @@ TEST_CASE("SentencePiece on stories260K's tok512.model") {
 
 TEST_CASE("a tokenizer under another metadata prefix") {
   octet::qbin::Metadata metadata;
-  octet::sentencepiece_metadata(read_file(kData + "llama_spm.model"), metadata, "target_tokenizer");
-  octet::bpe_metadata_from_tokenizer_json(read_file(kData + "qwen2.tokenizer.json"), metadata);
+  octet::sentencepiece_metadata(read_text(kData + "llama_spm.model"), metadata, "target_tokenizer");
+  octet::bpe_metadata_from_tokenizer_json(read_text(kData + "qwen2.tokenizer.json"), metadata);
   CHECK(Tokenizer::from_metadata(metadata, "target_tokenizer")->vocab_size() == 600);
   CHECK(Tokenizer::from_metadata(metadata)->vocab_size() == 800);
 
@@ -217,7 +203,7 @@ TEST_CASE("a tokenizer under another metadata prefix") {
 }
 
 TEST_CASE("invalid UTF-8 is an InvalidArgument error") {
-  const auto bpe = bpe_tokenizer(read_file(kData + "qwen2.tokenizer.json"));
+  const auto bpe = bpe_tokenizer(read_text(kData + "qwen2.tokenizer.json"));
   const auto spm = sentencepiece_tokenizer(kData + "llama_spm.model");
   for (const std::string bad : {"\xFF", "abc\xC3", "\xC0\xAF", "\xED\xA0\x80", "ok \xE2\x82 ok", "\xF4\x90\x80\x80"}) {
     CAPTURE(bad);
@@ -227,7 +213,7 @@ TEST_CASE("invalid UTF-8 is an InvalidArgument error") {
 }
 
 TEST_CASE("a corrupt or unsupported tokenizer.json is refused cleanly") {
-  const json gpt2 = json::parse(read_file(kData + "gpt2.tokenizer.json"));
+  const json gpt2 = json::parse(read_text(kData + "gpt2.tokenizer.json"));
   const auto refuse = [](const json& doc, ErrorCode expected, const std::string& named) {
     octet::qbin::Metadata metadata;
     try {

@@ -18,6 +18,7 @@ using octet::DetokenizeStream;
 using octet::Error;
 using octet::ErrorCode;
 using octet::Tokenizer;
+using octet::test::error_code_of;
 using octet::qbin::Metadata;
 namespace fs = std::filesystem;
 
@@ -74,16 +75,6 @@ std::string decoded_by_stream(const Tokenizer& tokenizer, const std::vector<int3
   std::string text;
   for (int32_t id : ids) text += stream.push(id);
   return text + stream.finish();
-}
-
-ErrorCode error_code_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  FAIL("no octet::Error was thrown");
-  return ErrorCode::Internal;
 }
 
 TEST_CASE("Marian source: ids are MarianTokenizer's, text + </s>") {

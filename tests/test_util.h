@@ -1,5 +1,5 @@
 // Helpers shared by the test programs: fixture paths, temporary folders, files and JSON goldens,
-// and logit comparisons.
+// expected octet::Errors, random inputs and logit comparisons.
 #pragma once
 #include <unistd.h>
 
@@ -9,12 +9,18 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <iterator>
+#include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
+
+#include "engine/error.h"
 
 namespace octet::test {
 
@@ -67,7 +73,53 @@ inline void write_bytes(const fs::path& path, const void* data, size_t size) {
   if (!out) throw std::runtime_error("cannot write " + path.string());
 }
 
+inline void write_bytes(const fs::path& path, const std::vector<uint8_t>& bytes) {
+  write_bytes(path, bytes.data(), bytes.size());
+}
+
 inline nlohmann::json read_json(const fs::path& path) { return nlohmann::json::parse(read_text(path)); }
+
+// The code of the octet::Error that f throws; fails the test case when f throws none.
+template <class F>
+ErrorCode error_code_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.code();
+  }
+  FAIL("no octet::Error thrown");
+  return ErrorCode::Internal;
+}
+
+// Checks that f throws octet::Error with this code and a message holding every part; fails the
+// test case when f throws none.
+template <class F>
+void check_error(F&& f, ErrorCode expected, std::initializer_list<std::string> parts) {
+  try {
+    f();
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    CHECK_MESSAGE(e.code() == expected, message);
+    for (const std::string& part : parts)
+      CHECK_MESSAGE(message.find(part) != std::string::npos, "\"", part, "\" not in: ", message);
+    return;
+  }
+  std::string wanted;
+  for (const std::string& part : parts) wanted += " \"" + part + "\"";
+  FAIL("no octet::Error; expected one containing" << wanted);
+}
+template <class F>
+void check_error(F&& f, ErrorCode expected, const std::string& part) {
+  check_error(std::forward<F>(f), expected, {part});
+}
+
+// n draws from a normal distribution.
+inline std::vector<float> random_vector(std::mt19937& rng, size_t n, float stddev, float mean = 0.0f) {
+  std::normal_distribution<float> normal(mean, stddev);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
 
 inline int32_t argmax(const float* x, int64_t n) { return static_cast<int32_t>(std::max_element(x, x + n) - x); }
 

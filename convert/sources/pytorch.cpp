@@ -626,12 +626,7 @@ const PytorchTensor* PytorchCheckpoint::find(std::string_view name) const {
 }
 
 const PytorchTensor& PytorchCheckpoint::require(std::string_view name, const std::vector<int64_t>& shape) const {
-  const PytorchTensor* tensor = find(name);
-  if (tensor == nullptr) fail(ErrorCode::Format, file_->path() + ": the checkpoint has no tensor \"" + std::string(name) + "\"");
-  if (tensor->shape != shape)
-    fail(ErrorCode::Format, tensor->file + ": tensor \"" + tensor->name + "\" has shape " + shape_string(tensor->shape) +
-                                ", the config implies " + shape_string(shape));
-  return *tensor;
+  return require_tensor(find(name), file_->path(), name, shape);
 }
 
 void read_rows_f32(const PytorchTensor& tensor, int64_t first, int64_t count, float* out) {

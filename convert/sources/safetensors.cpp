@@ -190,12 +190,7 @@ const SafetensorsTensor* SafetensorsCheckpoint::find(std::string_view name) cons
 }
 
 const SafetensorsTensor& SafetensorsCheckpoint::require(std::string_view name, const std::vector<int64_t>& shape) const {
-  const SafetensorsTensor* tensor = find(name);
-  if (tensor == nullptr) fail(ErrorCode::Format, folder_ + ": the checkpoint has no tensor \"" + std::string(name) + "\"");
-  if (tensor->shape != shape)
-    fail(ErrorCode::Format, tensor->file + ": tensor \"" + tensor->name + "\" has shape " + shape_string(tensor->shape) +
-                                ", the config implies " + shape_string(shape));
-  return *tensor;
+  return require_tensor(find(name), folder_, name, shape);
 }
 
 void read_rows_f32(const SafetensorsTensor& tensor, int64_t first, int64_t count, float* out) {
