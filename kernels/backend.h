@@ -35,6 +35,20 @@ constexpr int kWeightRows = 4;
 using DotBlockFn = void (*)(const void* w, size_t w_stride, int wrows, const void* x, size_t x_stride, int rows,
                             int64_t k, float* y, int64_t ldy);
 
+// A tile function of fixed height, and the DotTileFn that picks one per row count: each ISA
+// file writes its tiles as templates over the height and builds its table entries with this.
+using TileR = void (*)(const void*, const void*, size_t, int64_t, float*, int64_t);
+template <TileR Tile1, TileR Tile2, TileR Tile3, TileR Tile4>
+void by_rows(const void* w, const void* x, size_t x_stride, int rows, int64_t k, float* y, int64_t ldy) {
+  static_assert(kTileRows == 4);
+  switch (rows) {
+    case 1: Tile1(w, x, x_stride, k, y, ldy); break;
+    case 2: Tile2(w, x, x_stride, k, y, ldy); break;
+    case 3: Tile3(w, x, x_stride, k, y, ldy); break;
+    default: Tile4(w, x, x_stride, k, y, ldy); break;
+  }
+}
+
 // No function in an ISA file may run before dispatch.cpp has checked the CPU (which it does in
 // plain x86-64 / armv8-a code), so the table holds only the kernels.
 struct Backend {

@@ -152,18 +152,6 @@ void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float*
   }
 }
 
-using TileR = void (*)(const void*, const void*, size_t, int64_t, float*, int64_t);
-template <TileR Tile1, TileR Tile2, TileR Tile3, TileR Tile4>
-void by_rows(const void* w, const void* x, size_t x_stride, int rows, int64_t k, float* y, int64_t ldy) {
-  static_assert(kTileRows == 4);
-  switch (rows) {
-    case 1: Tile1(w, x, x_stride, k, y, ldy); break;
-    case 2: Tile2(w, x, x_stride, k, y, ldy); break;
-    case 3: Tile3(w, x, x_stride, k, y, ldy); break;
-    default: Tile4(w, x, x_stride, k, y, ldy); break;
-  }
-}
-
 template <DType T>
 constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
 template <typename W>
