@@ -198,7 +198,6 @@ class LlamaState final : public DecoderState {
     attn_out_ = allocate(max_batch_ * c.q_dim());
     gate_ = allocate(max_batch_ * c.ffn_dim);
     up_ = allocate(max_batch_ * c.ffn_dim);
-    scores_ = allocate(c.n_heads * capacity_);
     logits_ = allocate(c.vocab_size);
     key_cache_ = allocate(c.n_layers * c.kv_dim() * capacity_);
     value_cache_ = allocate(c.n_layers * c.kv_dim() * capacity_);
@@ -270,7 +269,7 @@ class LlamaState final : public DecoderState {
           std::copy_n(v + from, head_dim, value_cache + to);
         }
       }
-      ops::attention(q, key_cache, value_cache, capacity_, n, first_pos, shape, scores_.get(), attn_out);
+      ops::attention(q, key_cache, value_cache, capacity_, n, first_pos, shape, attn_out);
       ops::matmul(layer.attn_out, attn_out, n, xb, dim);
       ops::add(x, xb, n * dim);
 
@@ -300,7 +299,6 @@ class LlamaState final : public DecoderState {
   int64_t max_batch_;  // tokens per forward_batch
   // Activations of up to max_batch_ tokens, row-major [token][feature].
   std::unique_ptr<float[]> x_, xb_, q_, k_, v_, attn_out_, gate_, up_;
-  std::unique_ptr<float[]> scores_;  // [n_heads][capacity]
   std::unique_ptr<float[]> logits_;  // [vocab_size], of the last token
   std::unique_ptr<float[]> key_cache_, value_cache_;  // [n_layers][n_kv_heads][capacity][head_dim]
 };

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <vector>
+
+#include <omp.h>
 
 #include "kernels/kernels.h"
 
@@ -26,16 +29,6 @@ void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int6
     const float inv_rms = 1.0f / std::sqrt(sum_squares / n + eps);
     for (int64_t i = 0; i < n; ++i) out[r * n + i] = in[i] * inv_rms * weight[i];
   }
-}
-
-void softmax(float* x, int64_t n) {
-  const float max = *std::max_element(x, x + n);
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - max);
-    sum += x[i];
-  }
-  for (int64_t i = 0; i < n; ++i) x[i] /= sum;
 }
 
 void swiglu(float* gate, const float* up, int64_t n) {
@@ -104,39 +97,50 @@ void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float*
   }
 }
 
-void attention(const float* q, const float* key_cache, const float* value_cache,
-               int64_t cache_capacity, int64_t n, int64_t first_pos, const AttentionShape& shape,
-               float* scores, float* out) {
-  const int64_t head_dim = shape.head_dim;
-  const int64_t q_dim = shape.n_heads * head_dim;
-  const int64_t heads_per_kv = shape.n_heads / shape.n_kv_heads;
+void attention(const float* q, const float* key_cache, const float* value_cache, int64_t cache_capacity, int64_t n,
+               int64_t first_pos, const AttentionShape& shape, float* out) {
+  const int64_t head_dim = shape.head_dim, q_dim = shape.n_heads * head_dim;
+  const int64_t group = shape.n_heads / shape.n_kv_heads, n_keys_max = first_pos + n;
+  // The kernel finds keys through pointers: one table per kv head, shared by every query.
+  thread_local std::vector<const float*> rows;
+  rows.resize(2 * shape.n_kv_heads * n_keys_max);
+  const float** key_rows = rows.data();
+  const float** value_rows = key_rows + shape.n_kv_heads * n_keys_max;
+  for (int64_t h = 0; h < shape.n_kv_heads; ++h) {
+    for (int64_t j = 0; j < n_keys_max; ++j) {
+      key_rows[h * n_keys_max + j] = key_cache + (h * cache_capacity + j) * head_dim;
+      value_rows[h * n_keys_max + j] = value_cache + (h * cache_capacity + j) * head_dim;
+    }
+  }
+  // A work item is a position and a GQA group, whose query heads share each key load; or a
+  // single head when groups are too few to keep every thread busy (a decode step).
+  const int64_t threads = omp_get_max_threads();
+  const int64_t heads_per_item = n * shape.n_kv_heads >= 4 * threads ? group : 1;
+  const int64_t items_per_position = shape.n_heads / heads_per_item;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   // Below some thousands of multiply-adds a parallel region costs more than it saves.
-  const int64_t work = shape.n_heads * n * (first_pos + n) * head_dim;
-#pragma omp parallel for schedule(dynamic, 1) if (work > (1 << 15))
-  for (int64_t h = 0; h < shape.n_heads; ++h) {
-    const float* keys = key_cache + (h / heads_per_kv) * cache_capacity * head_dim;
-    const float* values = value_cache + (h / heads_per_kv) * cache_capacity * head_dim;
-    float* head_scores = scores + h * cache_capacity;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t pos = first_pos + i;
+  const int64_t work = shape.n_heads * n * n_keys_max * head_dim;
+#pragma omp parallel if (work > (1 << 15))
+  {
+    thread_local std::vector<float> scores;
+    scores.resize(heads_per_item * n_keys_max);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < n * items_per_position; ++item) {
+      const int64_t i = item / items_per_position, h0 = item % items_per_position * heads_per_item;
+      const int64_t kv = h0 / group, pos = first_pos + i;
       const int64_t first_key = shape.sliding_window > 0 ? std::max<int64_t>(0, pos - shape.sliding_window + 1) : 0;
-      const int64_t n_keys = pos - first_key + 1;
-      const float* query = q + i * q_dim + h * head_dim;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        const float* key = keys + (first_key + j) * head_dim;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * key[d];
-        head_scores[j] = dot * scale;
-      }
-      softmax(head_scores, n_keys);
-      float* head_out = out + i * q_dim + h * head_dim;
-      std::fill(head_out, head_out + head_dim, 0.0f);
-      for (int64_t j = 0; j < n_keys; ++j) {
-        const float* value = values + (first_key + j) * head_dim;
-        const float weight = head_scores[j];
-        for (int64_t d = 0; d < head_dim; ++d) head_out[d] += weight * value[d];
-      }
+      kernels::attend({.q = q + i * q_dim + h0 * head_dim,
+                       .q_stride = head_dim,
+                       .n_q = heads_per_item,
+                       .keys = key_rows + kv * n_keys_max + first_key,
+                       .values = value_rows + kv * n_keys_max + first_key,
+                       .offset = 0,
+                       .n_keys = pos + 1 - first_key,
+                       .head_dim = head_dim,
+                       .scale = scale,
+                       .scratch = scores.data(),
+                       .out = out + i * q_dim + h0 * head_dim,
+                       .out_stride = head_dim});
     }
   }
 }
@@ -186,21 +190,18 @@ void attend(const float* q, const float* const* keys, const float* const* values
             int64_t head_dim, float* scores, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int64_t h = 0; h < n_heads; ++h) {
-    const float* query = q + h * head_dim;
-    for (int64_t j = 0; j < n_keys; ++j) {
-      const float* key = keys[j] + h * head_dim;
-      float dot = 0.0f;
-      for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * key[d];
-      scores[j] = dot * scale;
-    }
-    softmax(scores, n_keys);
-    float* head_out = out + h * head_dim;
-    std::fill(head_out, head_out + head_dim, 0.0f);
-    for (int64_t j = 0; j < n_keys; ++j) {
-      const float* value = values[j] + h * head_dim;
-      const float weight = scores[j];
-      for (int64_t d = 0; d < head_dim; ++d) head_out[d] += weight * value[d];
-    }
+    kernels::attend({.q = q + h * head_dim,
+                     .q_stride = head_dim,
+                     .n_q = 1,
+                     .keys = keys,
+                     .values = values,
+                     .offset = h * head_dim,
+                     .n_keys = n_keys,
+                     .head_dim = head_dim,
+                     .scale = scale,
+                     .scratch = scores,
+                     .out = out + h * head_dim,
+                     .out_stride = head_dim});
   }
 }
 

@@ -26,8 +26,6 @@ void embedding(const Matrix& table, int32_t id, float* out);
 
 // For each of `rows` rows of n: out = x / sqrt(mean(x^2) + eps) * weight (out may be x).
 void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t n, float eps);
-// x = exp(x - max) / sum, in place, numerically stable.
-void softmax(float* x, int64_t n);
 inline float silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
 // gate = silu(gate) * up, elementwise: the gating half of SwiGLU.
 void swiglu(float* gate, const float* up, int64_t n);
@@ -64,10 +62,9 @@ struct AttentionShape {
 // cache that already holds positions 0 .. first_pos+n-1:
 //   out[i][h] = softmax(q[i][h] . K[kv(h)]^T / sqrt(head_dim)) V[kv(h)].
 // q, out: [n][n_heads*head_dim]. key_cache, value_cache: [n_kv_heads][cache_capacity][head_dim].
-// scores: scratch, [n_heads][cache_capacity]. Parallel over heads.
-void attention(const float* q, const float* key_cache, const float* value_cache,
-               int64_t cache_capacity, int64_t n, int64_t first_pos, const AttentionShape& shape,
-               float* scores, float* out);
+// Parallel over positions and heads; scratch is per thread, kept between calls.
+void attention(const float* q, const float* key_cache, const float* value_cache, int64_t cache_capacity, int64_t n,
+               int64_t first_pos, const AttentionShape& shape, float* out);
 
 // ---- Encoder-decoder (translation) additions ------------------------------------------------
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/blocks.h"
+#include "kernels/kernels.h"
 
 namespace octet::kernels {
 
@@ -56,6 +57,7 @@ struct Backend {
   QuantizeActFn quantize_act;
   DotTileFn dot[5];  // indexed by DType
   DotBlockFn dot_block[5];  // indexed by DType; nullptr where matmul should call dot per weight row
+  void (*attend)(const AttendArgs& args);  // see kernels.h
 };
 
 // True for the block types, whose activations are quantized to BlockQ8A.

@@ -4,6 +4,7 @@
 
 #include <type_traits>
 
+#include "kernels/attend_simd.h"
 #include "kernels/backend.h"
 
 namespace octet::kernels {
@@ -157,6 +158,27 @@ void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float*
   }
 }
 
+struct Vec8 {
+  using T = __m256;
+  static constexpr int kWidth = 8;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T set1(float f) { return _mm256_set1_ps(f); }
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T max(T a, T b) { return _mm256_max_ps(a, b); }
+  static T round(T v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static T scale2(T v, T n) {
+    const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(v, _mm256_castsi256_ps(exponent));
+  }
+  static float reduce_add(T v) { return hsum(v); }
+  static float reduce_max(T v) { return hmax(v); }
+};
+
 template <DType T>
 constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
 // Rows 0-1 as one tile, then the rest: a row's additions do not depend on its neighbours.
@@ -177,6 +199,7 @@ const Backend& avx2_backend() {
       quantize_act,
       {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
       {},
+      simd::attend<Vec8>,
   };
   return backend;
 }

@@ -10,6 +10,7 @@
 
 #include <type_traits>
 
+#include "kernels/attend_simd.h"
 #include "kernels/backend.h"
 
 namespace octet::kernels {
@@ -189,6 +190,24 @@ void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float*
   }
 }
 
+struct Vec16 {
+  using T = __m512;
+  static constexpr int kWidth = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T set1(float f) { return _mm512_set1_ps(f); }
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T max(T a, T b) { return _mm512_max_ps(a, b); }
+  static T round(T v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static T scale2(T v, T n) { return _mm512_scalef_ps(v, n); }
+  static float reduce_add(T v) { return _mm512_reduce_add_ps(v); }
+  static float reduce_max(T v) { return _mm512_reduce_max_ps(v); }
+};
+
 template <DType T>
 constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
 template <typename W>
@@ -202,6 +221,7 @@ const Backend& avx512_backend() {
       quantize_act,
       {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
       {nullptr, nullptr, dot_block<DType::Q8_0>, dot_block<DType::Q4_0>, dot_block<DType::Q4_1>},
+      simd::attend<Vec16>,
   };
   return backend;
 }

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels/attend_simd.h"
 #include "kernels/backend.h"
 
 namespace octet::kernels {
@@ -152,6 +153,27 @@ void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float*
   }
 }
 
+struct Vec4 {
+  using T = float32x4_t;
+  static constexpr int kWidth = 4;
+  static T zero() { return vdupq_n_f32(0.0f); }
+  static T set1(float f) { return vdupq_n_f32(f); }
+  static T load(const float* p) { return vld1q_f32(p); }
+  static void store(float* p, T v) { vst1q_f32(p, v); }
+  static T add(T a, T b) { return vaddq_f32(a, b); }
+  static T sub(T a, T b) { return vsubq_f32(a, b); }
+  static T mul(T a, T b) { return vmulq_f32(a, b); }
+  static T fma(T a, T b, T c) { return vfmaq_f32(c, a, b); }
+  static T max(T a, T b) { return vmaxq_f32(a, b); }
+  static T round(T v) { return vrndnq_f32(v); }
+  static T scale2(T v, T n) {
+    const int32x4_t exponent = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(v, vreinterpretq_f32_s32(exponent));
+  }
+  static float reduce_add(T v) { return vaddvq_f32(v); }
+  static float reduce_max(T v) { return vmaxvq_f32(v); }
+};
+
 template <DType T>
 constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
 template <typename W>
@@ -165,6 +187,7 @@ const Backend& neon_backend() {
       quantize_act,
       {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
       {},
+      simd::attend<Vec4>,
   };
   return backend;
 }

@@ -1,6 +1,7 @@
 // The scalar backend: the reference every SIMD backend is tested against, and the fallback on
 // CPUs without one. Integer block sums are exact; block results are added in double so that the
 // reference itself contributes (almost) no rounding to the comparison.
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/backend.h"
@@ -71,6 +72,32 @@ float dot_f32(const float* w, const float* x, int64_t k) {
   return (float)acc;
 }
 
+// The definition of kernels.h's attend, one query at a time: scores, softmax with std::exp, and
+// the probability-weighted sum of the values.
+void attend_reference(const AttendArgs& a) {
+  for (int64_t i = 0; i < a.n_q; ++i) {
+    const float* q = a.q + i * a.q_stride;
+    float* scores = a.scratch + i * a.n_keys;
+    float max = -INFINITY;
+    for (int64_t j = 0; j < a.n_keys; ++j) {
+      const float* key = a.keys[j] + a.offset;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < a.head_dim; ++d) dot += q[d] * key[d];
+      scores[j] = dot * a.scale;
+      max = std::fmax(max, scores[j]);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < a.n_keys; ++j) sum += scores[j] = std::exp(scores[j] - max);
+    float* out = a.out + i * a.out_stride;
+    std::fill(out, out + a.head_dim, 0.0f);
+    for (int64_t j = 0; j < a.n_keys; ++j) {
+      const float* value = a.values[j] + a.offset;
+      const float weight = scores[j] / sum;
+      for (int64_t d = 0; d < a.head_dim; ++d) out[d] += weight * value[d];
+    }
+  }
+}
+
 // Adapts a one-row dot to the tile signature. Block dots take a block count, float dots k.
 template <typename W, typename X, float (*Dot)(const W*, const X*, int64_t), bool kBlocks>
 void tile(const void* w, const void* x, size_t x_stride, int rows, int64_t k, float* y, int64_t ldy) {
@@ -95,6 +122,7 @@ const Backend& scalar_backend() {
           tile<BlockQ4_1, BlockQ8A, dot_q4_1, true>,
       },
       {},
+      attend_reference,
   };
   return backend;
 }

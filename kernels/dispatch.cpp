@@ -69,6 +69,8 @@ const Backend& active_backend() { return *active_slot().load(std::memory_order_a
 
 const char* backend_name() { return active_backend().name; }
 
+void attend(const AttendArgs& args) { active_backend().attend(args); }
+
 bool force_backend(const char* name) {
   const Backend* b = find_backend(name);
   if (b == nullptr) return false;

@@ -124,7 +124,7 @@ TEST_CASE("rope rotates pairs (i, i + head_dim/2) by pos * inv_freq[i]") {
   CHECK(rotated_dot(9, 4) == doctest::Approx(rotated_dot(25, 20)).epsilon(1e-4));
 }
 
-TEST_CASE("rmsnorm, softmax, swiglu match their formulas") {
+TEST_CASE("rmsnorm and swiglu match their formulas") {
   std::mt19937 rng(2);
   const int rows = 3, n = 37;
   const std::vector<float> x = random_vector(rng, rows * n, 2.0f), weight = random_vector(rng, n, 0.3f, 1.0f);
@@ -137,13 +137,6 @@ TEST_CASE("rmsnorm, softmax, swiglu match their formulas") {
       CHECK(out[r * n + i] == doctest::Approx(x[r * n + i] / std::sqrt(mean_square + 1e-5) * weight[i]).epsilon(1e-5));
     }
   }
-
-  std::vector<float> logits = {1000.0f, 999.0f, -5.0f, 998.5f};  // large: needs the max shift
-  ops::softmax(logits.data(), logits.size());
-  const double denominator = 1 + std::exp(-1.0) + std::exp(-1005.0) + std::exp(-1.5);
-  CHECK(logits[0] == doctest::Approx(1 / denominator));
-  CHECK(logits[1] == doctest::Approx(std::exp(-1.0) / denominator));
-  CHECK(logits[3] == doctest::Approx(std::exp(-1.5) / denominator));
 
   std::vector<float> gate = {-3.0f, 0.0f, 0.5f, 4.0f}, up = {2.0f, 1.0f, -1.0f, 0.25f};
   ops::swiglu(gate.data(), up.data(), gate.size());
@@ -161,8 +154,8 @@ TEST_CASE("attention matches softmax(q k^T / sqrt(d)) v with GQA, causal mask an
     const std::vector<float> q = random_vector(rng, n * n_heads * head_dim, 1.0f);
     const std::vector<float> keys = random_vector(rng, n_kv_heads * capacity * head_dim, 1.0f);
     const std::vector<float> values = random_vector(rng, n_kv_heads * capacity * head_dim, 1.0f);
-    std::vector<float> scores(n_heads * capacity), out(n * n_heads * head_dim);
-    ops::attention(q.data(), keys.data(), values.data(), capacity, n, first_pos, shape, scores.data(), out.data());
+    std::vector<float> out(n * n_heads * head_dim);
+    ops::attention(q.data(), keys.data(), values.data(), capacity, n, first_pos, shape, out.data());
 
     for (int64_t i = 0; i < n; ++i) {
       const int64_t pos = first_pos + i;

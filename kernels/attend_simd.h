@@ -1,0 +1,140 @@
+// Internal to kernels/: attention written once over a small vector interface V, which each SIMD
+// backend file implements with its own registers and includes this header to instantiate, so
+// the code is compiled with that file's instruction-set flags only. V provides:
+//   T (the vector type), kWidth (floats per vector), zero(), set1(f), load(p), store(p, v),
+//   add(a, b), sub(a, b), mul(a, b), fma(a, b, c) = a * b + c, max(a, b),
+//   round(v) (to nearest), scale2(v, n) = v * 2^n for integral n, reduce_add(v), reduce_max(v).
+// No std:: function templates here: their out-of-line copies would carry this file's ISA flags
+// into code that any other file may end up calling.
+// The per-query work is the reference's (kernels.h, attend): scores, max, exp, sum, weighted sum
+// of values; only the vector width, the polynomial exp and the summation order differ.
+#pragma once
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace octet::kernels::simd {
+
+// e^x for x <= 0 (scores minus their maximum): Cody-Waite range reduction to |r| <= ln2/2 and
+// Cephes' degree-5 polynomial, within 2 ulp of expf. Inputs are clamped at -87.3 so 2^n stays a
+// normal float: exp(-inf) gives ~1e-38, a weight no float sum can notice next to the max's 1.
+template <class V>
+typename V::T exp_nonpositive(typename V::T x) {
+  x = V::max(x, V::set1(-87.3f));
+  const typename V::T n = V::round(V::mul(x, V::set1(1.44269504088896341f)));
+  x = V::fma(n, V::set1(-0.693359375f), x);
+  x = V::fma(n, V::set1(2.12194440e-4f), x);
+  typename V::T p = V::set1(1.9875691500e-4f);
+  p = V::fma(p, x, V::set1(1.3981999507e-3f));
+  p = V::fma(p, x, V::set1(8.3334519073e-3f));
+  p = V::fma(p, x, V::set1(4.1665795894e-2f));
+  p = V::fma(p, x, V::set1(1.6666665459e-1f));
+  p = V::fma(p, x, V::set1(5.0000001201e-1f));
+  const typename V::T y = V::add(V::fma(p, V::mul(x, x), x), V::set1(1.0f));
+  return V::scale2(y, n);
+}
+
+// The n < kWidth floats at p as one vector, the other lanes `fill`.
+template <class V>
+typename V::T load_partial(const float* p, int64_t n, float fill) {
+  float tmp[V::kWidth];
+  for (float& t : tmp) t = fill;
+  std::memcpy(tmp, p, n * sizeof(float));
+  return V::load(tmp);
+}
+
+template <class V>
+void store_partial(float* p, typename V::T v, int64_t n) {
+  float tmp[V::kWidth];
+  V::store(tmp, v);
+  std::memcpy(p, tmp, n * sizeof(float));
+}
+
+template <class V>
+float dot(const float* a, const float* b, int64_t n) {
+  constexpr int W = V::kWidth;
+  typename V::T acc0 = V::zero(), acc1 = V::zero();
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    acc0 = V::fma(V::load(a + i), V::load(b + i), acc0);
+    acc1 = V::fma(V::load(a + i + W), V::load(b + i + W), acc1);
+  }
+  if (i + W <= n) acc0 = V::fma(V::load(a + i), V::load(b + i), acc0), i += W;
+  if (i < n) acc1 = V::fma(load_partial<V>(a + i, n - i, 0.0f), load_partial<V>(b + i, n - i, 0.0f), acc1);
+  return V::reduce_add(V::add(acc0, acc1));
+}
+
+// out[0 .. NV*kWidth) = inv_sum * sum_j weights[j] * (values[j] + offset)[0 ..): the
+// accumulators stay in registers across all keys.
+template <class V, int NV>
+void weighted_sum(const float* weights, const float* const* values, int64_t offset, int64_t n_keys, float inv_sum,
+                  float* out) {
+  constexpr int W = V::kWidth;
+  typename V::T acc[NV];
+  for (int u = 0; u < NV; ++u) acc[u] = V::zero();
+  for (int64_t j = 0; j < n_keys; ++j) {
+    const typename V::T p = V::set1(weights[j]);
+    const float* v = values[j] + offset;
+    for (int u = 0; u < NV; ++u) acc[u] = V::fma(p, V::load(v + u * W), acc[u]);
+  }
+  for (int u = 0; u < NV; ++u) V::store(out + u * W, V::mul(acc[u], V::set1(inv_sum)));
+}
+
+// The same for fewer than kWidth floats at the end of a head.
+template <class V>
+void weighted_sum_tail(const float* weights, const float* const* values, int64_t offset, int64_t n_keys,
+                       float inv_sum, int64_t n, float* out) {
+  typename V::T acc = V::zero();
+  for (int64_t j = 0; j < n_keys; ++j) acc = V::fma(V::set1(weights[j]), load_partial<V>(values[j] + offset, n, 0.0f), acc);
+  store_partial<V>(out, V::mul(acc, V::set1(inv_sum)), n);
+}
+
+template <class V>
+void attend(const AttendArgs& a) {
+  constexpr int W = V::kWidth;
+  const int64_t n_keys = a.n_keys, head_dim = a.head_dim;
+  // Scores: each key is loaded once for all queries of the group.
+  for (int64_t j = 0; j < n_keys; ++j) {
+    const float* key = a.keys[j] + a.offset;
+    for (int64_t i = 0; i < a.n_q; ++i) a.scratch[i * n_keys + j] = dot<V>(a.q + i * a.q_stride, key, head_dim) * a.scale;
+  }
+  for (int64_t i = 0; i < a.n_q; ++i) {
+    float* s = a.scratch + i * n_keys;
+    const int64_t full = n_keys / W * W;
+    typename V::T vmax = V::set1(-INFINITY);
+    for (int64_t j = 0; j < full; j += W) vmax = V::max(vmax, V::load(s + j));
+    float max = V::reduce_max(vmax);
+    for (int64_t j = full; j < n_keys; ++j) max = s[j] > max ? s[j] : max;
+    // Softmax numerators in place; the division by their sum is folded into the output.
+    const typename V::T vm = V::set1(max);
+    typename V::T vsum = V::zero();
+    for (int64_t j = 0; j < full; j += W) {
+      const typename V::T e = exp_nonpositive<V>(V::sub(V::load(s + j), vm));
+      V::store(s + j, e);
+      vsum = V::add(vsum, e);
+    }
+    if (full < n_keys) {
+      const int64_t n = n_keys - full;
+      const typename V::T e =
+          exp_nonpositive<V>(V::sub(load_partial<V>(s + full, n, -INFINITY), vm));
+      store_partial<V>(s + full, e, n);
+    }
+    float sum = V::reduce_add(vsum);
+    for (int64_t j = full; j < n_keys; ++j) sum += s[j];
+    const float inv_sum = 1.0f / sum;
+    float* out = a.out + i * a.out_stride;
+    int64_t d = 0;
+    for (; d + 4 * W <= head_dim; d += 4 * W) weighted_sum<V, 4>(s, a.values, a.offset + d, n_keys, inv_sum, out + d);
+    switch ((head_dim - d) / W) {
+      case 3: weighted_sum<V, 3>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
+      case 2: weighted_sum<V, 2>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
+      case 1: weighted_sum<V, 1>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
+      default: break;
+    }
+    d += (head_dim - d) / W * W;
+    if (d < head_dim) weighted_sum_tail<V>(s, a.values, a.offset + d, n_keys, inv_sum, head_dim - d, out + d);
+  }
+}
+
+}  // namespace octet::kernels::simd

@@ -1,0 +1,135 @@
+// kernels::attend on every backend this CPU runs, against a double-precision softmax attention.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+using namespace octet::kernels;
+
+namespace {
+
+std::vector<std::string> backends() {
+  std::vector<std::string> out;
+  for (const char* const* n = available_backends(); *n; ++n) out.push_back(*n);
+  return out;
+}
+
+struct BackendGuard {
+  std::string saved = backend_name();
+  ~BackendGuard() { force_backend(saved.c_str()); }
+};
+
+// n_q queries over n_keys key/value rows scattered through a larger buffer (rows d floats wide,
+// the head at `offset`), as a beam's cache rows are.
+struct Problem {
+  int64_t n_q, n_keys, head_dim, offset, d;
+  float scale;
+  std::vector<float> q, memory_keys, memory_values;
+  std::vector<const float*> keys, values;
+
+  Problem(std::mt19937& rng, int64_t n_q, int64_t n_keys, int64_t head_dim, float magnitude)
+      : n_q(n_q), n_keys(n_keys), head_dim(head_dim), offset(3), d(head_dim + 5),
+        scale(1.0f / std::sqrt(float(head_dim))) {
+    std::normal_distribution<float> normal(0.0f, magnitude);
+    const int64_t memory_rows = 2 * n_keys + 1;
+    for (int64_t i = 0; i < n_q * head_dim; ++i) q.push_back(normal(rng));
+    for (int64_t i = 0; i < memory_rows * d; ++i) memory_keys.push_back(normal(rng)), memory_values.push_back(normal(rng) / magnitude);
+    std::uniform_int_distribution<int64_t> row(0, memory_rows - 1);
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const int64_t r = row(rng);
+      keys.push_back(memory_keys.data() + r * d);
+      values.push_back(memory_values.data() + r * d);
+    }
+  }
+
+  // out rows are head_dim + 2 apart; the gaps must stay untouched.
+  std::vector<float> run(int64_t first_query = 0, int64_t queries = -1) const {
+    if (queries < 0) queries = n_q;
+    const int64_t out_stride = head_dim + 2;
+    std::vector<float> scratch(queries * n_keys, NAN), out(queries * out_stride, -7.0f);
+    attend({.q = q.data() + first_query * head_dim,
+            .q_stride = head_dim,
+            .n_q = queries,
+            .keys = keys.data(),
+            .values = values.data(),
+            .offset = offset,
+            .n_keys = n_keys,
+            .head_dim = head_dim,
+            .scale = scale,
+            .scratch = scratch.data(),
+            .out = out.data(),
+            .out_stride = out_stride});
+    return out;
+  }
+
+  double expected(int64_t i, int64_t c) const {
+    std::vector<double> s(n_keys);
+    double max = -INFINITY, sum = 0, out = 0;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      for (int64_t e = 0; e < head_dim; ++e) s[j] += double(q[i * head_dim + e]) * keys[j][offset + e];
+      max = std::max(max, s[j] *= scale);
+    }
+    for (double& v : s) sum += (v = std::exp(v - max));
+    for (int64_t j = 0; j < n_keys; ++j) out += s[j] / sum * values[j][offset + c];
+    return out;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("attend: every backend matches a double-precision softmax attention") {
+  BackendGuard guard;
+  std::mt19937 rng(11);
+  for (const std::string& backend : backends()) {
+    REQUIRE(force_backend(backend.c_str()));
+    // Head sizes with and without vector tails; key counts around the vector widths; scores up to
+    // ~+-1000 (magnitude 8: the max shift must work) and near-uniform ones (magnitude 0.1).
+    for (int64_t head_dim : {4, 8, 17, 40, 64, 80, 128}) {
+      for (int64_t n_keys : {1, 2, 7, 16, 17, 33, 300}) {
+        for (float magnitude : {0.1f, 1.0f, 8.0f}) {
+          CAPTURE(backend);
+          CAPTURE(head_dim);
+          CAPTURE(n_keys);
+          CAPTURE(magnitude);
+          const Problem p(rng, 3, n_keys, head_dim, magnitude);
+          const std::vector<float> out = p.run();
+          const int64_t stride = head_dim + 2;
+          // Values are ~N(0, 1) and the output a convex combination of them: an absolute bound.
+          // float scores of dot products of length <= 128 round at ~1e-6 relative, which e^s turns
+          // into the same relative error of each weight; 2e-5 leaves room for magnitude-8 scores
+          // (|s| ~ 1000, so an ulp of s is ~6e-5 absolute before exp, but both sides round s).
+          double worst = 0;
+          for (int64_t i = 0; i < p.n_q; ++i)
+            for (int64_t c = 0; c < head_dim; ++c)
+              worst = std::max(worst, std::fabs(out[i * stride + c] - p.expected(i, c)) / (magnitude > 4 ? 8 : 1));
+          CHECK(worst < 2e-5);
+          for (int64_t i = 0; i < p.n_q; ++i) CHECK((out[i * stride + head_dim] == -7.0f && out[i * stride + head_dim + 1] == -7.0f));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("attend: a query's result has the same bits alone as in a group") {
+  // The engine groups query heads one way for a prompt and another for a decode step; a prompt
+  // run as one batch must equal it run token by token, bit for bit.
+  BackendGuard guard;
+  std::mt19937 rng(12);
+  for (const std::string& backend : backends()) {
+    REQUIRE(force_backend(backend.c_str()));
+    CAPTURE(backend);
+    const Problem p(rng, 8, 45, 64, 1.0f);
+    const std::vector<float> group = p.run();
+    const int64_t stride = p.head_dim + 2;
+    for (int64_t i = 0; i < p.n_q; ++i) {
+      const std::vector<float> alone = p.run(i, 1);
+      CHECK(std::memcmp(alone.data(), group.data() + i * stride, p.head_dim * sizeof(float)) == 0);
+    }
+  }
+}
