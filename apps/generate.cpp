@@ -28,6 +28,7 @@ const char* const kUsage = R"(usage: generate --model MODEL.qbin [--prompt TEXT 
   --stop STR            stop before this text (repeatable)
   --threads N           0: all cores (default)
   --context N           context length in tokens (default: the model's, at most 4096)
+  --kv-type T           KV cache type: f16 (default) or f32
   --chat                interactive chat: one user message per stdin line, until EOF
   --system TEXT         system message for --chat
   --kernels NAME        force a kernel backend: scalar, avx2, avx512
@@ -43,6 +44,7 @@ struct Options {
   std::string kernels;
   int32_t threads = 0;
   int32_t context = 0;
+  int32_t kv_type = OCTET_KV_F16;
   std::vector<std::string> stop;
   octet_generate_params generate{};
 };
@@ -68,6 +70,12 @@ int64_t parse_integer(const std::string& flag, const char* text) {
   const long long value = std::strtoll(text, &end, 10);
   if (end == text || *end != '\0') die(flag + ": not an integer: \"" + text + "\"");
   return value;
+}
+
+int32_t parse_kv_type(const std::string& text) {
+  if (text == "f16") return OCTET_KV_F16;
+  if (text == "f32") return OCTET_KV_F32;
+  die("--kv-type: \"" + text + "\" is not f16 or f32");
 }
 
 uint64_t parse_seed(const char* text) {
@@ -109,6 +117,7 @@ Options parse_arguments(int argc, char** argv) {
     else if (flag == "--stop") o.stop.push_back(value);
     else if (flag == "--threads") o.threads = parse_integer(flag, value);
     else if (flag == "--context") o.context = parse_integer(flag, value);
+    else if (flag == "--kv-type") o.kv_type = parse_kv_type(value);
     else if (flag == "--system") o.system = value;
     else if (flag == "--kernels") o.kernels = value;
     else die("unknown option " + flag + " (see --help)");
@@ -226,6 +235,7 @@ int main(int argc, char** argv) {
   octet_context_params_init(&context_params);
   context_params.context_length = options.context;
   context_params.n_threads = options.threads;
+  context_params.kv_type = options.kv_type;
   octet_context* context = nullptr;
   check(octet_context_create(model, &context_params, &context), "creating the context");
 

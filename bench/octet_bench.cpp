@@ -56,6 +56,7 @@ const char* const kUsage = R"(usage: octet-bench [options] MODEL.qbin [MODEL.qbi
   --max-length N        encdec: generated tokens per sentence incl. EOS (default 256)
   --json FILE           also write the results as JSON
   --kernels NAME        force a kernel backend (scalar, avx2, avx512)
+  --kv-type T           LLM KV cache: f16 (default, as llama.cpp's) or f32
   -h, --help            this help
 )";
 
@@ -209,6 +210,7 @@ struct Options {
   int max_length = 256;
   std::string json_path;
   std::string kernels;
+  octet::DType kv_type = octet::DType::F16;
 };
 
 int32_t argmax(const float* logits, int32_t n) {
@@ -272,7 +274,7 @@ json bench_llm(const std::string& path, const Options& o, const Bandwidth* bw) {
   omp_set_num_threads(o.threads);
   int context = o.context;
   if (context == 0) context = std::max(*std::max_element(o.prompts.begin(), o.prompts.end()), o.gen) + 1;
-  auto state = model->new_state(context);
+  auto state = model->new_state(context, o.kv_type);
 
   std::mt19937 rng(1234);
   // Ids from 3 up: skips the special tokens of our tokenizers; any id is as costly as any other.
@@ -430,7 +432,9 @@ Options parse(int argc, char** argv) {
     else if (flag == "--max-length") o.max_length = parse_int(flag, v);
     else if (flag == "--json") o.json_path = v;
     else if (flag == "--kernels") o.kernels = v;
-    else die("unknown option " + flag + " (see --help)");
+    else if (flag == "--kv-type" && std::string(v) == "f16") o.kv_type = octet::DType::F16;
+    else if (flag == "--kv-type" && std::string(v) == "f32") o.kv_type = octet::DType::F32;
+    else die("unknown option " + flag + " " + v + " (see --help)");
   }
   if (o.threads == 0) o.threads = omp_get_num_procs();
   if (o.models.empty() && !o.bandwidth_only) die("give at least one model (see --help)");

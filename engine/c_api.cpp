@@ -258,6 +258,7 @@ void octet_context_params_init(octet_context_params* params) {
   if (!params) return;
   params->context_length = 0;
   params->n_threads = 0;
+  params->kv_type = OCTET_KV_F16;
 }
 
 octet_status octet_context_create(const octet_model* model, const octet_context_params* params,
@@ -271,6 +272,8 @@ octet_status octet_context_create(const octet_model* model, const octet_context_
     const int32_t model_length = model->model->context_length();
     require(params->context_length >= 0, "context_length must not be negative");
     require(params->n_threads >= 0, "n_threads must not be negative");
+    require(params->kv_type == OCTET_KV_F16 || params->kv_type == OCTET_KV_F32,
+            "kv_type must be OCTET_KV_F16 or OCTET_KV_F32");
     if (params->context_length > model_length)
       fail(ErrorCode::InvalidArgument, "context_length " + std::to_string(params->context_length) +
                                            " is beyond the model's " + std::to_string(model_length) +
@@ -279,7 +282,8 @@ octet_status octet_context_create(const octet_model* model, const octet_context_
         params->context_length > 0 ? params->context_length : std::min(model_length, kDefaultMaxContext);
     const int32_t n_threads = params->n_threads > 0 ? params->n_threads : omp_get_num_procs();
     use_threads(n_threads);
-    *out = new octet_context{octet::decoding::Generator(model->model, length), n_threads};
+    const octet::DType kv_type = params->kv_type == OCTET_KV_F32 ? octet::DType::F32 : octet::DType::F16;
+    *out = new octet_context{octet::decoding::Generator(model->model, length, kv_type), n_threads};
   });
 }
 

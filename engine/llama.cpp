@@ -165,7 +165,8 @@ class LlamaModel final : public LanguageModel, public std::enable_shared_from_th
   const std::string& architecture() const override { return name; }
   int32_t vocab_size() const override { return static_cast<int32_t>(config.vocab_size); }
   int32_t context_length() const override { return static_cast<int32_t>(config.context_length); }
-  std::unique_ptr<DecoderState> new_state(int32_t context_length) const override;
+  using LanguageModel::new_state;
+  std::unique_ptr<DecoderState> new_state(int32_t context_length, DType kv_type) const override;
 
   const std::string name = "llama";
   const LlamaConfig config;
@@ -177,18 +178,23 @@ class LlamaModel final : public LanguageModel, public std::enable_shared_from_th
 
 // ---- Per-conversation state: KV cache and activations, allocated once ---------------------
 
-std::unique_ptr<float[]> allocate(int64_t n) {
+template <typename T = float>
+std::unique_ptr<T[]> allocate(int64_t n) {
   try {
-    return std::make_unique_for_overwrite<float[]>(n);
+    return std::make_unique_for_overwrite<T[]>(n);
   } catch (const std::bad_alloc&) {
-    fail(ErrorCode::OutOfMemory, "llama: cannot allocate " + std::to_string(n * sizeof(float)) + " bytes of state");
+    fail(ErrorCode::OutOfMemory, "llama: cannot allocate " + std::to_string(n * sizeof(T)) + " bytes of state");
   }
 }
 
 class LlamaState final : public DecoderState {
  public:
-  LlamaState(std::shared_ptr<const LlamaModel> model, int32_t capacity)
-      : model_(std::move(model)), capacity_(capacity), max_batch_(std::min<int64_t>(kMaxBatch, capacity)) {
+  LlamaState(std::shared_ptr<const LlamaModel> model, int32_t capacity, DType kv_type)
+      : model_(std::move(model)),
+        capacity_(capacity),
+        max_batch_(std::min<int64_t>(kMaxBatch, capacity)),
+        kv_type_(kv_type),
+        kv_row_bytes_(kernels::row_bytes(kv_type, model_->config.head_dim)) {
     const LlamaConfig& c = model_->config;
     x_ = allocate(max_batch_ * c.dim);
     xb_ = allocate(max_batch_ * c.dim);
@@ -199,8 +205,8 @@ class LlamaState final : public DecoderState {
     gate_ = allocate(max_batch_ * c.ffn_dim);
     up_ = allocate(max_batch_ * c.ffn_dim);
     logits_ = allocate(c.vocab_size);
-    key_cache_ = allocate(c.n_layers * c.kv_dim() * capacity_);
-    value_cache_ = allocate(c.n_layers * c.kv_dim() * capacity_);
+    key_cache_ = allocate<uint8_t>(c.n_layers * c.n_kv_heads * capacity_ * kv_row_bytes_);
+    value_cache_ = allocate<uint8_t>(c.n_layers * c.n_kv_heads * capacity_ * kv_row_bytes_);
   }
 
   const float* forward(std::span<const int32_t> tokens, float* all_logits) override {
@@ -247,8 +253,9 @@ class LlamaState final : public DecoderState {
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const LlamaLayer& layer = m.layers[l];
       // This layer's cache: [n_kv_heads][capacity][head_dim] for keys, and the same for values.
-      float* key_cache = key_cache_.get() + l * kv_dim * capacity_;
-      float* value_cache = value_cache_.get() + l * kv_dim * capacity_;
+      const size_t layer_bytes = c.n_kv_heads * capacity_ * kv_row_bytes_;
+      uint8_t* key_cache = key_cache_.get() + l * layer_bytes;
+      uint8_t* value_cache = value_cache_.get() + l * layer_bytes;
 
       // Attention: project, rotate q and k to their positions, cache k and v, attend.
       ops::rmsnorm(x, layer.attn_norm, xb, n, dim, c.rms_eps);
@@ -264,12 +271,12 @@ class LlamaState final : public DecoderState {
         ops::rope(q + i * q_dim, c.n_heads, head_dim, pos, m.rope_inv_freq.data());
         ops::rope(k + i * kv_dim, c.n_kv_heads, head_dim, pos, m.rope_inv_freq.data());
         for (int64_t h = 0; h < c.n_kv_heads; ++h) {
-          const int64_t from = i * kv_dim + h * head_dim, to = (h * capacity_ + pos) * head_dim;
-          std::copy_n(k + from, head_dim, key_cache + to);
-          std::copy_n(v + from, head_dim, value_cache + to);
+          const int64_t from = i * kv_dim + h * head_dim, to = (h * capacity_ + pos) * kv_row_bytes_;
+          kernels::quantize_row(kv_type_, k + from, key_cache + to, head_dim);
+          kernels::quantize_row(kv_type_, v + from, value_cache + to, head_dim);
         }
       }
-      ops::attention(q, key_cache, value_cache, capacity_, n, first_pos, shape, attn_out);
+      ops::attention(q, {kv_type_, key_cache, value_cache, capacity_}, n, first_pos, shape, attn_out);
       ops::matmul(layer.attn_out, attn_out, n, xb, dim);
       ops::add(x, xb, n * dim);
 
@@ -300,15 +307,20 @@ class LlamaState final : public DecoderState {
   // Activations of up to max_batch_ tokens, row-major [token][feature].
   std::unique_ptr<float[]> x_, xb_, q_, k_, v_, attn_out_, gate_, up_;
   std::unique_ptr<float[]> logits_;  // [vocab_size], of the last token
-  std::unique_ptr<float[]> key_cache_, value_cache_;  // [n_layers][n_kv_heads][capacity][head_dim]
+  DType kv_type_;
+  size_t kv_row_bytes_;  // one head's key or value
+  std::unique_ptr<uint8_t[]> key_cache_, value_cache_;  // [n_layers][n_kv_heads][capacity] rows of head_dim
 };
 
-std::unique_ptr<DecoderState> LlamaModel::new_state(int32_t context_length) const {
+std::unique_ptr<DecoderState> LlamaModel::new_state(int32_t context_length, DType kv_type) const {
+  if (kv_type != DType::F32 && kv_type != DType::F16)
+    fail(ErrorCode::InvalidArgument, std::string("new_state: a KV cache of ") + kernels::dtype_name(kv_type) +
+                                         " is not supported (f32, f16)");
   if (context_length < 1 || context_length > config.context_length) {
     fail(ErrorCode::InvalidArgument, "new_state: context length " + std::to_string(context_length) +
                                          " is outside [1, " + std::to_string(config.context_length) + "]");
   }
-  return std::make_unique<LlamaState>(shared_from_this(), context_length);
+  return std::make_unique<LlamaState>(shared_from_this(), context_length, kv_type);
 }
 
 }  // namespace

@@ -27,8 +27,10 @@ class LanguageModel {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const qbin::File& file() const { return *file_; }
 
-  // New conversation state holding up to `context_length` positions.
-  virtual std::unique_ptr<DecoderState> new_state(int32_t context_length) const = 0;
+  // New conversation state holding up to `context_length` positions, its KV cache of kv_type
+  // (F32, or F16 in half the memory).
+  virtual std::unique_ptr<DecoderState> new_state(int32_t context_length, DType kv_type) const = 0;
+  std::unique_ptr<DecoderState> new_state(int32_t context_length) const { return new_state(context_length, DType::F32); }
 
  protected:
   std::shared_ptr<const qbin::File> file_;

@@ -97,19 +97,21 @@ void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float*
   }
 }
 
-void attention(const float* q, const float* key_cache, const float* value_cache, int64_t cache_capacity, int64_t n,
-               int64_t first_pos, const AttentionShape& shape, float* out) {
+void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_pos, const AttentionShape& shape,
+               float* out) {
   const int64_t head_dim = shape.head_dim, q_dim = shape.n_heads * head_dim;
   const int64_t group = shape.n_heads / shape.n_kv_heads, n_keys_max = first_pos + n;
   // The kernel finds keys through pointers: one table per kv head, shared by every query.
-  thread_local std::vector<const float*> rows;
+  thread_local std::vector<const void*> rows;
   rows.resize(2 * shape.n_kv_heads * n_keys_max);
-  const float** key_rows = rows.data();
-  const float** value_rows = key_rows + shape.n_kv_heads * n_keys_max;
+  const void** key_rows = rows.data();
+  const void** value_rows = key_rows + shape.n_kv_heads * n_keys_max;
+  const size_t row_bytes = kernels::row_bytes(cache.type, head_dim);
   for (int64_t h = 0; h < shape.n_kv_heads; ++h) {
     for (int64_t j = 0; j < n_keys_max; ++j) {
-      key_rows[h * n_keys_max + j] = key_cache + (h * cache_capacity + j) * head_dim;
-      value_rows[h * n_keys_max + j] = value_cache + (h * cache_capacity + j) * head_dim;
+      const size_t offset = (h * cache.capacity + j) * row_bytes;
+      key_rows[h * n_keys_max + j] = static_cast<const char*>(cache.keys) + offset;
+      value_rows[h * n_keys_max + j] = static_cast<const char*>(cache.values) + offset;
     }
   }
   // A work item is a position and a GQA group, whose query heads share each key load; or a
@@ -132,6 +134,7 @@ void attention(const float* q, const float* key_cache, const float* value_cache,
       kernels::attend({.q = q + i * q_dim + h0 * head_dim,
                        .q_stride = head_dim,
                        .n_q = heads_per_item,
+                       .kv_type = cache.type,
                        .keys = key_rows + kv * n_keys_max + first_key,
                        .values = value_rows + kv * n_keys_max + first_key,
                        .offset = 0,
@@ -193,8 +196,9 @@ void attend(const float* q, const float* const* keys, const float* const* values
     kernels::attend({.q = q + h * head_dim,
                      .q_stride = head_dim,
                      .n_q = 1,
-                     .keys = keys,
-                     .values = values,
+                     .kv_type = DType::F32,
+                     .keys = reinterpret_cast<const void* const*>(keys),
+                     .values = reinterpret_cast<const void* const*>(values),
                      .offset = h * head_dim,
                      .n_keys = n_keys,
                      .head_dim = head_dim,

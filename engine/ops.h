@@ -58,13 +58,21 @@ struct AttentionShape {
   int64_t sliding_window = 0;  // > 0: a query at p sees keys at p-window+1 .. p only
 };
 
+// One layer's KV cache: keys and values, each [n_kv_heads][capacity][head_dim] of type F32 or F16.
+struct KvCache {
+  DType type = DType::F32;
+  const void* keys = nullptr;
+  const void* values = nullptr;
+  int64_t capacity = 0;
+};
+
 // Causal multi-head attention of n queries at positions first_pos .. first_pos+n-1 over a KV
 // cache that already holds positions 0 .. first_pos+n-1:
 //   out[i][h] = softmax(q[i][h] . K[kv(h)]^T / sqrt(head_dim)) V[kv(h)].
-// q, out: [n][n_heads*head_dim]. key_cache, value_cache: [n_kv_heads][cache_capacity][head_dim].
-// Parallel over positions and heads; scratch is per thread, kept between calls.
-void attention(const float* q, const float* key_cache, const float* value_cache, int64_t cache_capacity, int64_t n,
-               int64_t first_pos, const AttentionShape& shape, float* out);
+// q, out: [n][n_heads*head_dim]. Parallel over positions and heads; scratch is per thread,
+// kept between calls.
+void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_pos, const AttentionShape& shape,
+               float* out);
 
 // ---- Encoder-decoder (translation) additions ------------------------------------------------
 

@@ -80,9 +80,15 @@ octet_status octet_chat_format(const octet_model* model, const octet_chat_messag
 
 typedef struct octet_context octet_context;
 
+typedef enum octet_kv_type {
+  OCTET_KV_F16 = 0, /* half the memory of f32; llama.cpp's default too */
+  OCTET_KV_F32 = 1
+} octet_kv_type;
+
 typedef struct octet_context_params {
   int32_t context_length; /* KV cache positions; 0: the model's, capped at 4096 */
   int32_t n_threads;      /* 0: all cores */
+  int32_t kv_type;        /* an octet_kv_type (default OCTET_KV_F16) */
 } octet_context_params;
 
 void octet_context_params_init(octet_context_params* params);

@@ -2,6 +2,7 @@
 // backend file implements with its own registers and includes this header to instantiate, so
 // the code is compiled with that file's instruction-set flags only. V provides:
 //   T (the vector type), kWidth (floats per vector), zero(), set1(f), load(p), store(p, v),
+//   load(const uint16_t* p) (kWidth halves widened to floats),
 //   add(a, b), sub(a, b), mul(a, b), fma(a, b, c) = a * b + c, max(a, b),
 //   round(v) (to nearest), scale2(v, n) = v * 2^n for integral n, reduce_add(v), reduce_max(v).
 // No std:: function templates here: their out-of-line copies would carry this file's ISA flags
@@ -35,7 +36,7 @@ typename V::T exp_nonpositive(typename V::T x) {
   return V::scale2(y, n);
 }
 
-// The n < kWidth floats at p as one vector, the other lanes `fill`.
+// The n < kWidth elements at p as one vector, the other lanes `fill`.
 template <class V>
 typename V::T load_partial(const float* p, int64_t n, float fill) {
   float tmp[V::kWidth];
@@ -45,14 +46,24 @@ typename V::T load_partial(const float* p, int64_t n, float fill) {
 }
 
 template <class V>
+typename V::T load_partial(const uint16_t* p, int64_t n, float fill) {
+  uint16_t tmp[V::kWidth] = {};
+  std::memcpy(tmp, p, n * sizeof(uint16_t));
+  float wide[V::kWidth];
+  V::store(wide, V::load(tmp));
+  for (int64_t i = n; i < V::kWidth; ++i) wide[i] = fill;
+  return V::load(wide);
+}
+
+template <class V>
 void store_partial(float* p, typename V::T v, int64_t n) {
   float tmp[V::kWidth];
   V::store(tmp, v);
   std::memcpy(p, tmp, n * sizeof(float));
 }
 
-template <class V>
-float dot(const float* a, const float* b, int64_t n) {
+template <class V, typename E>
+float dot(const float* a, const E* b, int64_t n) {
   constexpr int W = V::kWidth;
   typename V::T acc0 = V::zero(), acc1 = V::zero();
   int64_t i = 0;
@@ -67,36 +78,37 @@ float dot(const float* a, const float* b, int64_t n) {
 
 // out[0 .. NV*kWidth) = inv_sum * sum_j weights[j] * (values[j] + offset)[0 ..): the
 // accumulators stay in registers across all keys.
-template <class V, int NV>
-void weighted_sum(const float* weights, const float* const* values, int64_t offset, int64_t n_keys, float inv_sum,
+template <class V, typename E, int NV>
+void weighted_sum(const float* weights, const void* const* values, int64_t offset, int64_t n_keys, float inv_sum,
                   float* out) {
   constexpr int W = V::kWidth;
   typename V::T acc[NV];
   for (int u = 0; u < NV; ++u) acc[u] = V::zero();
   for (int64_t j = 0; j < n_keys; ++j) {
     const typename V::T p = V::set1(weights[j]);
-    const float* v = values[j] + offset;
+    const E* v = static_cast<const E*>(values[j]) + offset;
     for (int u = 0; u < NV; ++u) acc[u] = V::fma(p, V::load(v + u * W), acc[u]);
   }
   for (int u = 0; u < NV; ++u) V::store(out + u * W, V::mul(acc[u], V::set1(inv_sum)));
 }
 
 // The same for fewer than kWidth floats at the end of a head.
-template <class V>
-void weighted_sum_tail(const float* weights, const float* const* values, int64_t offset, int64_t n_keys,
+template <class V, typename E>
+void weighted_sum_tail(const float* weights, const void* const* values, int64_t offset, int64_t n_keys,
                        float inv_sum, int64_t n, float* out) {
   typename V::T acc = V::zero();
-  for (int64_t j = 0; j < n_keys; ++j) acc = V::fma(V::set1(weights[j]), load_partial<V>(values[j] + offset, n, 0.0f), acc);
+  for (int64_t j = 0; j < n_keys; ++j)
+    acc = V::fma(V::set1(weights[j]), load_partial<V>(static_cast<const E*>(values[j]) + offset, n, 0.0f), acc);
   store_partial<V>(out, V::mul(acc, V::set1(inv_sum)), n);
 }
 
-template <class V>
-void attend(const AttendArgs& a) {
+template <class V, typename E>
+void attend_as(const AttendArgs& a) {
   constexpr int W = V::kWidth;
   const int64_t n_keys = a.n_keys, head_dim = a.head_dim;
   // Scores: each key is loaded once for all queries of the group.
   for (int64_t j = 0; j < n_keys; ++j) {
-    const float* key = a.keys[j] + a.offset;
+    const E* key = static_cast<const E*>(a.keys[j]) + a.offset;
     for (int64_t i = 0; i < a.n_q; ++i) a.scratch[i * n_keys + j] = dot<V>(a.q + i * a.q_stride, key, head_dim) * a.scale;
   }
   for (int64_t i = 0; i < a.n_q; ++i) {
@@ -125,16 +137,22 @@ void attend(const AttendArgs& a) {
     const float inv_sum = 1.0f / sum;
     float* out = a.out + i * a.out_stride;
     int64_t d = 0;
-    for (; d + 4 * W <= head_dim; d += 4 * W) weighted_sum<V, 4>(s, a.values, a.offset + d, n_keys, inv_sum, out + d);
+    for (; d + 4 * W <= head_dim; d += 4 * W) weighted_sum<V, E, 4>(s, a.values, a.offset + d, n_keys, inv_sum, out + d);
     switch ((head_dim - d) / W) {
-      case 3: weighted_sum<V, 3>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
-      case 2: weighted_sum<V, 2>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
-      case 1: weighted_sum<V, 1>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
+      case 3: weighted_sum<V, E, 3>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
+      case 2: weighted_sum<V, E, 2>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
+      case 1: weighted_sum<V, E, 1>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
       default: break;
     }
     d += (head_dim - d) / W * W;
-    if (d < head_dim) weighted_sum_tail<V>(s, a.values, a.offset + d, n_keys, inv_sum, head_dim - d, out + d);
+    if (d < head_dim) weighted_sum_tail<V, E>(s, a.values, a.offset + d, n_keys, inv_sum, head_dim - d, out + d);
   }
+}
+
+template <class V>
+void attend(const AttendArgs& a) {
+  if (a.kv_type == DType::F16) attend_as<V, uint16_t>(a);
+  else attend_as<V, float>(a);
 }
 
 }  // namespace octet::kernels::simd

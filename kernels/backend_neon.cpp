@@ -159,6 +159,7 @@ struct Vec4 {
   static T zero() { return vdupq_n_f32(0.0f); }
   static T set1(float f) { return vdupq_n_f32(f); }
   static T load(const float* p) { return vld1q_f32(p); }
+  static T load(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
   static void store(float* p, T v) { vst1q_f32(p, v); }
   static T add(T a, T b) { return vaddq_f32(a, b); }
   static T sub(T a, T b) { return vsubq_f32(a, b); }

@@ -3,6 +3,7 @@
 // reference itself contributes (almost) no rounding to the comparison.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/backend.h"
 
@@ -74,15 +75,20 @@ float dot_f32(const float* w, const float* x, int64_t k) {
 
 // The definition of kernels.h's attend, one query at a time: scores, softmax with std::exp, and
 // the probability-weighted sum of the values.
-void attend_reference(const AttendArgs& a) {
+template <typename E>
+void reference_attend_as(const AttendArgs& a) {
+  const auto element = [&](const void* row, int64_t d) {
+    const E e = static_cast<const E*>(row)[a.offset + d];
+    if constexpr (std::is_same_v<E, float>) return e;
+    else return fp16_to_fp32(e);
+  };
   for (int64_t i = 0; i < a.n_q; ++i) {
     const float* q = a.q + i * a.q_stride;
     float* scores = a.scratch + i * a.n_keys;
     float max = -INFINITY;
     for (int64_t j = 0; j < a.n_keys; ++j) {
-      const float* key = a.keys[j] + a.offset;
       float dot = 0.0f;
-      for (int64_t d = 0; d < a.head_dim; ++d) dot += q[d] * key[d];
+      for (int64_t d = 0; d < a.head_dim; ++d) dot += q[d] * element(a.keys[j], d);
       scores[j] = dot * a.scale;
       max = std::fmax(max, scores[j]);
     }
@@ -91,11 +97,15 @@ void attend_reference(const AttendArgs& a) {
     float* out = a.out + i * a.out_stride;
     std::fill(out, out + a.head_dim, 0.0f);
     for (int64_t j = 0; j < a.n_keys; ++j) {
-      const float* value = a.values[j] + a.offset;
       const float weight = scores[j] / sum;
-      for (int64_t d = 0; d < a.head_dim; ++d) out[d] += weight * value[d];
+      for (int64_t d = 0; d < a.head_dim; ++d) out[d] += weight * element(a.values[j], d);
     }
   }
+}
+
+void reference_attend(const AttendArgs& a) {
+  if (a.kv_type == DType::F16) reference_attend_as<uint16_t>(a);
+  else reference_attend_as<float>(a);
 }
 
 // Adapts a one-row dot to the tile signature. Block dots take a block count, float dots k.
@@ -122,7 +132,7 @@ const Backend& scalar_backend() {
           tile<BlockQ4_1, BlockQ8A, dot_q4_1, true>,
       },
       {},
-      attend_reference,
+      reference_attend,
   };
   return backend;
 }

@@ -32,18 +32,20 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
 // Attention of n_q queries that share one set of n_keys keys and values (the query heads of a
 // GQA group at one position, or a single head):
 //   out[i] = sum_j softmax_j(scale * q[i] . k_j) v_j,   k_j = keys[j] + offset, v_j = values[j] + offset,
-// vectors of head_dim floats; q[i] = q + i * q_stride, out[i] = out + i * out_stride. Keys are
-// found through pointers, so they may lie anywhere: a cache, a packed batch, a beam's ancestors.
-// scratch holds n_q * n_keys floats. Runs on the calling thread only: callers run many at once.
+// vectors of head_dim elements of kv_type (F32 or F16: a KV cache in half the memory); q[i] =
+// q + i * q_stride, out[i] = out + i * out_stride, in f32. Keys are found through pointers, so they
+// may lie anywhere: a cache, a packed batch, a beam's ancestors. scratch holds n_q * n_keys
+// floats. Runs on the calling thread only: callers run many at once.
 // SIMD backends use a polynomial exp (within 2 ulp of expf; inputs below -87.3 give ~1e-38,
 // not 0), so they agree with the scalar reference to rounding, not bit for bit.
 struct AttendArgs {
   const float* q;
   int64_t q_stride;
   int64_t n_q;
-  const float* const* keys;
-  const float* const* values;
-  int64_t offset;
+  DType kv_type;
+  const void* const* keys;
+  const void* const* values;
+  int64_t offset;  // in elements
   int64_t n_keys;
   int64_t head_dim;
   float scale;

@@ -140,6 +140,10 @@ static void test_model(const char* temp_dir) {
   octet_context* too_long = NULL;
   check(octet_context_create(model, &context_params, &too_long) == OCTET_ERR_INVALID_ARGUMENT,
         "context beyond the model's length refused");
+  context_params.context_length = 0;
+  context_params.kv_type = 7;
+  check(octet_context_create(model, &context_params, &too_long) == OCTET_ERR_INVALID_ARGUMENT && too_long == NULL,
+        "unknown kv_type refused");
 
   octet_generate_params greedy;
   octet_generate_params_init(&greedy);

@@ -1,4 +1,5 @@
-// kernels::attend on every backend this CPU runs, against a double-precision softmax attention.
+// kernels::attend on every backend this CPU runs, with f32 and f16 keys/values, against a
+// double-precision softmax attention of the stored values.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -10,6 +11,7 @@
 
 #include "kernels/kernels.h"
 
+using namespace octet;
 using namespace octet::kernels;
 
 namespace {
@@ -25,27 +27,45 @@ struct BackendGuard {
   ~BackendGuard() { force_backend(saved.c_str()); }
 };
 
-// n_q queries over n_keys key/value rows scattered through a larger buffer (rows d floats wide,
-// the head at `offset`), as a beam's cache rows are.
+// n_q queries over n_keys key/value rows scattered through a larger buffer (rows d elements
+// wide, the head at `offset`), as a beam's cache rows are.
 struct Problem {
   int64_t n_q, n_keys, head_dim, offset, d;
+  DType kv_type;
   float scale;
-  std::vector<float> q, memory_keys, memory_values;
-  std::vector<const float*> keys, values;
+  std::vector<float> q;
+  std::vector<uint8_t> memory_keys, memory_values;  // d elements of kv_type per row
+  std::vector<const void*> keys, values;
 
-  Problem(std::mt19937& rng, int64_t n_q, int64_t n_keys, int64_t head_dim, float magnitude)
-      : n_q(n_q), n_keys(n_keys), head_dim(head_dim), offset(3), d(head_dim + 5),
+  Problem(std::mt19937& rng, int64_t n_q, int64_t n_keys, int64_t head_dim, float magnitude, DType kv_type)
+      : n_q(n_q), n_keys(n_keys), head_dim(head_dim), offset(3), d(head_dim + 5), kv_type(kv_type),
         scale(1.0f / std::sqrt(float(head_dim))) {
     std::normal_distribution<float> normal(0.0f, magnitude);
     const int64_t memory_rows = 2 * n_keys + 1;
+    const size_t row = row_bytes(kv_type, d);
     for (int64_t i = 0; i < n_q * head_dim; ++i) q.push_back(normal(rng));
-    for (int64_t i = 0; i < memory_rows * d; ++i) memory_keys.push_back(normal(rng)), memory_values.push_back(normal(rng) / magnitude);
-    std::uniform_int_distribution<int64_t> row(0, memory_rows - 1);
-    for (int64_t j = 0; j < n_keys; ++j) {
-      const int64_t r = row(rng);
-      keys.push_back(memory_keys.data() + r * d);
-      values.push_back(memory_values.data() + r * d);
+    memory_keys.resize(memory_rows * row);
+    memory_values.resize(memory_rows * row);
+    std::vector<float> k(d), v(d);
+    for (int64_t r = 0; r < memory_rows; ++r) {
+      for (int64_t i = 0; i < d; ++i) k[i] = normal(rng), v[i] = normal(rng) / magnitude;
+      quantize_row(kv_type, k.data(), memory_keys.data() + r * row, d);
+      quantize_row(kv_type, v.data(), memory_values.data() + r * row, d);
     }
+    std::uniform_int_distribution<int64_t> pick(0, memory_rows - 1);
+    for (int64_t j = 0; j < n_keys; ++j) {
+      const int64_t r = pick(rng);
+      keys.push_back(memory_keys.data() + r * row);
+      values.push_back(memory_values.data() + r * row);
+    }
+  }
+
+  // Element e of a stored row, as the kernel must read it.
+  double element(const void* row, int64_t e) const {
+    float out[1];
+    const size_t size = row_bytes(kv_type, 1);
+    dequantize_row(kv_type, static_cast<const uint8_t*>(row) + (offset + e) * size, out, 1);
+    return out[0];
   }
 
   // out rows are head_dim + 2 apart; the gaps must stay untouched.
@@ -56,6 +76,7 @@ struct Problem {
     attend({.q = q.data() + first_query * head_dim,
             .q_stride = head_dim,
             .n_q = queries,
+            .kv_type = kv_type,
             .keys = keys.data(),
             .values = values.data(),
             .offset = offset,
@@ -72,11 +93,11 @@ struct Problem {
     std::vector<double> s(n_keys);
     double max = -INFINITY, sum = 0, out = 0;
     for (int64_t j = 0; j < n_keys; ++j) {
-      for (int64_t e = 0; e < head_dim; ++e) s[j] += double(q[i * head_dim + e]) * keys[j][offset + e];
+      for (int64_t e = 0; e < head_dim; ++e) s[j] += double(q[i * head_dim + e]) * element(keys[j], e);
       max = std::max(max, s[j] *= scale);
     }
     for (double& v : s) sum += (v = std::exp(v - max));
-    for (int64_t j = 0; j < n_keys; ++j) out += s[j] / sum * values[j][offset + c];
+    for (int64_t j = 0; j < n_keys; ++j) out += s[j] / sum * element(values[j], c);
     return out;
   }
 };
@@ -86,7 +107,8 @@ struct Problem {
 TEST_CASE("attend: every backend matches a double-precision softmax attention") {
   BackendGuard guard;
   std::mt19937 rng(11);
-  for (const std::string& backend : backends()) {
+  for (const std::string& backend : backends())
+  for (DType kv_type : {DType::F32, DType::F16}) {
     REQUIRE(force_backend(backend.c_str()));
     // Head sizes with and without vector tails; key counts around the vector widths; scores up to
     // ~+-1000 (magnitude 8: the max shift must work) and near-uniform ones (magnitude 0.1).
@@ -94,10 +116,11 @@ TEST_CASE("attend: every backend matches a double-precision softmax attention") 
       for (int64_t n_keys : {1, 2, 7, 16, 17, 33, 300}) {
         for (float magnitude : {0.1f, 1.0f, 8.0f}) {
           CAPTURE(backend);
+          CAPTURE(dtype_name(kv_type));
           CAPTURE(head_dim);
           CAPTURE(n_keys);
           CAPTURE(magnitude);
-          const Problem p(rng, 3, n_keys, head_dim, magnitude);
+          const Problem p(rng, 3, n_keys, head_dim, magnitude, kv_type);
           const std::vector<float> out = p.run();
           const int64_t stride = head_dim + 2;
           // Values are ~N(0, 1) and the output a convex combination of them: an absolute bound.
@@ -124,7 +147,7 @@ TEST_CASE("attend: a query's result has the same bits alone as in a group") {
   for (const std::string& backend : backends()) {
     REQUIRE(force_backend(backend.c_str()));
     CAPTURE(backend);
-    const Problem p(rng, 8, 45, 64, 1.0f);
+    const Problem p(rng, 8, 45, 64, 1.0f, DType::F16);
     const std::vector<float> group = p.run();
     const int64_t stride = p.head_dim + 2;
     for (int64_t i = 0; i < p.n_q; ++i) {

@@ -359,7 +359,8 @@ class ScriptedModel : public LanguageModel {
   const std::string& architecture() const override { return name_; }
   int32_t vocab_size() const override { return static_cast<int32_t>(kPieces.size()); }
   int32_t context_length() const override { return 64; }
-  std::unique_ptr<DecoderState> new_state(int32_t context_length) const override {
+  using LanguageModel::new_state;
+  std::unique_ptr<DecoderState> new_state(int32_t context_length, DType) const override {
     return std::make_unique<ScriptedState>(script_, context_length, batches);
   }
   mutable std::vector<size_t> batches;

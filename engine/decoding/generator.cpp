@@ -15,8 +15,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-Generator::Generator(std::shared_ptr<const LanguageModel> model, int32_t context_length)
-    : model_(std::move(model)), state_(model_->new_state(context_length)) {
+Generator::Generator(std::shared_ptr<const LanguageModel> model, int32_t context_length, DType kv_type)
+    : model_(std::move(model)), state_(model_->new_state(context_length, kv_type)) {
   tokens_.reserve(state_->capacity());
 }
 

@@ -36,7 +36,7 @@ using TextCallback = std::function<bool(std::string_view)>;
 
 class Generator {
  public:
-  Generator(std::shared_ptr<const LanguageModel> model, int32_t context_length);
+  Generator(std::shared_ptr<const LanguageModel> model, int32_t context_length, DType kv_type = DType::F32);
 
   // Appends `prompt` to the conversation and generates a continuation. The sampled tokens join
   // the conversation (the last one is evaluated at the start of the next call), except an EOS,
