@@ -27,6 +27,11 @@
 #include "engine/loading.h"
 #include "kernels/kernels.h"
 
+#if defined(__GNUC__) && !defined(__clang__)
+// 64-byte vectors appear only in code for target("avx512f"): no ABI crosses a baseline boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 namespace octet {
 namespace {
 
@@ -34,6 +39,9 @@ using ops::Matrix;
 
 // Below some thousands of multiply-adds a parallel region costs more than it saves.
 constexpr int64_t kParallelWork = 1 << 15;
+// Elementwise work over rows (bias, activation, residual, norm) pays for a region from fewer
+// elements: the other threads would otherwise wait through it.
+constexpr int64_t kParallelElements = 1 << 13;
 
 [[noreturn]] void bad_file(const std::string& message) { fail(ErrorCode::Format, "encdec: " + message); }
 
@@ -223,20 +231,169 @@ void project(const Matrix& w, const float* bias, const float* in, int64_t n, flo
   if (bias) ops::add_bias(out, bias, n, w.rows);
 }
 
-// x = x + f(norm(x)) (pre-norm) or x = norm(x + f(x)) (post-norm) for n rows of d; f(in, out)
-// reads n rows of `in` and writes n rows of `out`. h, out: scratch of n x d.
-template <class Sublayer>
-void residual_block(bool pre_norm, const float* norm_weight, const float* norm_bias, float eps, float* x, float* h,
-                    float* out, int64_t n, int64_t d, Sublayer&& sublayer) {
-  if (pre_norm) {
-    ops::layernorm(x, norm_weight, norm_bias, h, n, d, eps);
-    sublayer(h, out);
-    ops::add(x, out, n * d);
-  } else {
-    sublayer(x, out);
-    ops::add(x, out, n * d);
-    ops::layernorm(x, norm_weight, norm_bias, x, n, d, eps);
+using Floats4 = float __attribute__((vector_size(16)));
+using Ints4 = int32_t __attribute__((vector_size(16)));
+
+// sum of f(x[i]) over d floats in 16 float partial sums (4 vectors of 4), then the tail.
+template <class F>
+[[gnu::always_inline]] inline float sum_lanes(const float* x, int64_t d, F&& f) {
+  Floats4 s[4] = {};
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    for (int k = 0; k < 4; ++k) {
+      Floats4 v;
+      __builtin_memcpy(&v, x + i + 4 * k, sizeof v);
+      s[k] += f(v);
+    }
   }
+  const Floats4 t = (s[0] + s[1]) + (s[2] + s[3]);
+  float sum = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; i < d; ++i) sum += f(x[i]);
+  return sum;
+}
+
+// out = layernorm(x) for one row of d, as ops::layernorm (two passes, the biased variance)
+// with its sums vectorized.
+void layernorm_row(const float* x, const float* weight, const float* bias, float* out, int64_t d, float eps) {
+  const float mean = sum_lanes(x, d, [](auto v) { return v; }) / d;
+  const float sum_squares = sum_lanes(x, d, [mean](auto v) { return (v - mean) * (v - mean); });
+  const float inv_std = 1.0f / std::sqrt(sum_squares / d + eps);
+  for (int64_t i = 0; i < d; ++i) out[i] = (x[i] - mean) * inv_std * weight[i] + bias[i];
+}
+
+// out = layernorm(x) for n rows of d, in one parallel region.
+void layernorm_rows(const float* x, const float* weight, const float* bias, float* out, int64_t n, int64_t d,
+                    float eps) {
+#pragma omp parallel for if (n > 1 && n * d >= kParallelElements)
+  for (int64_t r = 0; r < n; ++r) layernorm_row(x + r * d, weight, bias, out + r * d, d, eps);
+}
+
+// x = x + f(norm(x)) (pre-norm) or x = norm(x + f(x)) (post-norm) for n rows of d; f(in, out)
+// reads n rows of `in` and writes n rows of `out` without its last projection's bias, which is
+// added here (out_bias, null for none) with the residual and the norm in one pass over each row.
+// h, out: scratch of n x d.
+template <class Sublayer>
+void residual_block(bool pre_norm, const float* norm_weight, const float* norm_bias, float eps, const float* out_bias,
+                    float* x, float* h, float* out, int64_t n, int64_t d, Sublayer&& sublayer) {
+  if (pre_norm) layernorm_rows(x, norm_weight, norm_bias, h, n, d, eps);
+  sublayer(pre_norm ? h : x, out);
+#pragma omp parallel for if (n > 1 && n * d >= kParallelElements)
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = x + r * d;
+    const float* o = out + r * d;
+    // x + (f + bias), the bias added first as a biased projection would have.
+    if (out_bias) {
+      for (int64_t j = 0; j < d; ++j) row[j] += o[j] + out_bias[j];
+    } else {
+      for (int64_t j = 0; j < d; ++j) row[j] += o[j];
+    }
+    if (!pre_norm) layernorm_row(row, norm_weight, norm_bias, row, d, eps);
+  }
+}
+
+// ---- Swish (silu) on GCC vectors: Marian's FFN activation, a scalar expf per element otherwise.
+
+// exp(x) for x <= 0 in float, within 2 ulp (Cephes' expf; the same as search.cpp's), on GCC
+// vectors (F floats, I int32 of the same lanes) or scalars; below -87 it gives exp(-87).
+template <class F, class I>
+[[gnu::always_inline]] inline F exp_nonpositive(F x) {
+  const F low = F{} - 87.0f;
+  x = x < low ? low : x;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const F t = x * 1.44269504088896341f + kRound;
+  const F n = t - kRound;
+  I e;
+  __builtin_memcpy(&e, &t, sizeof e);
+  e -= 0x4B400000;
+  const F r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const I scale_bits = (e + 127) << 23;
+  F scale;
+  __builtin_memcpy(&scale, &scale_bits, sizeof scale);
+  return p * scale;
+}
+
+// x = silu(x + bias) = v / (1 + exp(-v)), as v * e / (1 + e) with e = exp(v) for v < 0, so exp
+// only ever sees -|v|. Vectors of F (16 floats in all per step), the tail as scalars.
+template <class F, class I>
+[[gnu::always_inline]] inline F silu_lanes(F v) {
+  const F magnitude = v < 0.0f ? -v : v;
+  const F e = exp_nonpositive<F, I>(-magnitude);
+  const F one = F{} + 1.0f;
+  return v >= 0.0f ? v / (one + e) : v * e / (one + e);
+}
+
+template <class F, class I>
+[[gnu::always_inline]] inline void bias_swish_lanes(float* x, const float* bias, int64_t n) {
+  constexpr int64_t kWidth = sizeof(F) / sizeof(float);
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    F v, b = F{};
+    __builtin_memcpy(&v, x + i, sizeof v);
+    if (bias) __builtin_memcpy(&b, bias + i, sizeof b);
+    v = silu_lanes<F, I>(v + b);
+    __builtin_memcpy(x + i, &v, sizeof v);
+  }
+  for (; i < n; ++i) x[i] = silu_lanes<float, int32_t>(x[i] + (bias ? bias[i] : 0.0f));
+}
+
+void bias_swish_sse(float* x, const float* bias, int64_t n) { bias_swish_lanes<Floats4, Ints4>(x, bias, n); }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OCTET_ENCDEC_AVX512 1
+using Floats16 = float __attribute__((vector_size(64)));
+using Ints16 = int32_t __attribute__((vector_size(64)));
+// No fused multiply-adds: the same bits as the SSE version.
+__attribute__((target("avx512f"), optimize("fp-contract=off"))) void bias_swish_avx512(float* x, const float* bias,
+                                                                                         int64_t n) {
+  bias_swish_lanes<Floats16, Ints16>(x, bias, n);
+}
+#endif
+
+void bias_swish(float* x, const float* bias, int64_t n) {
+#ifdef OCTET_ENCDEC_AVX512
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return bias_swish_avx512(x, bias, n);
+#endif
+  bias_swish_sse(x, bias, n);
+}
+
+// x = activation(x + bias) for n rows of f, in one parallel region.
+void bias_activate(ops::Activation activation, const float* bias, float* x, int64_t n, int64_t f) {
+#pragma omp parallel for if (n > 1 && n * f >= kParallelElements)
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = x + r * f;
+    if (activation == ops::Activation::Swish) {
+      bias_swish(row, bias, f);
+      continue;
+    }
+    if (activation == ops::Activation::Relu) {
+      // As ops::activate: std::max(v, 0).
+      if (bias) {
+        for (int64_t j = 0; j < f; ++j) {
+          const float v = row[j] + bias[j];
+          row[j] = v < 0.0f ? 0.0f : v;
+        }
+      } else {
+        for (int64_t j = 0; j < f; ++j) row[j] = row[j] < 0.0f ? 0.0f : row[j];
+      }
+      continue;
+    }
+    if (bias)
+      for (int64_t j = 0; j < f; ++j) row[j] += bias[j];
+    ops::activate(activation, row, f);
+  }
+}
+
+// row += bias (d floats), when there is a bias.
+inline void add_bias_row(float* row, const float* bias, int64_t d) {
+  if (bias)
+    for (int64_t j = 0; j < d; ++j) row[j] += bias[j];
 }
 
 }  // namespace
@@ -264,13 +421,14 @@ void EncDecState::embed(const Matrix& table, const Matrix& positions, const EncD
     ops::embedding(positions, positions_of[i], position);
     for (int64_t j = 0; j < d; ++j) row[j] = row[j] * c.embedding_scale + position[j];
   }
-  if (norm.weight) ops::layernorm(x, norm.weight, norm.bias, x, n, d, c.norm_eps);
+  if (norm.weight) layernorm_rows(x, norm.weight, norm.bias, x, n, d, c.norm_eps);
 }
 
+// The feed-forward sublayer without the down projection's bias (residual_block adds it).
 void EncDecState::feed_forward(const EncDecModel::FeedForward& w, const float* in, int64_t n, float* out) {
-  project(w.up, w.up_bias, in, n, ffn_.data());
-  ops::activate(model_->config().activation, ffn_.data(), n * w.up.rows);
-  project(w.down, w.down_bias, ffn_.data(), n, out);
+  ops::matmul(w.up, in, n, ffn_.data(), w.up.rows);
+  bias_activate(model_->config().activation, w.up_bias, ffn_.data(), n, w.up.rows);
+  ops::matmul(w.down, ffn_.data(), n, out, w.down.rows);
 }
 
 void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_t> lengths, int32_t max_rows) {
@@ -320,7 +478,7 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   embed(m.encoder_embedding, m.encoder_positions, m.encoder_embedding_norm, tokens.data(), positions.data(), n, x);
   for (const auto& layer : m.encoder_layers) {
     const auto& a = layer.self_attention;
-    residual_block(c.pre_norm, a.norm_weight, a.norm_bias, c.norm_eps, x, h_.data(), o_.data(), n, d,
+    residual_block(c.pre_norm, a.norm_weight, a.norm_bias, c.norm_eps, a.out_bias, x, h_.data(), o_.data(), n, d,
                    [&](const float* in, float* out) {
                      project(a.q, a.q_bias, in, n, q_.data());
                      project(a.k, a.k_bias, in, n, k_.data());
@@ -332,13 +490,13 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
                        attend_rows(q_.data() + i * d, k_.data(), v_.data(), source_start_[s], source_length_[s],
                                    attended_.data() + i * d);
                      }
-                     project(a.out, a.out_bias, attended_.data(), n, out);
+                     ops::matmul(a.out, attended_.data(), n, out, a.out.rows);
                    });
     const auto& w = layer.ffn;
-    residual_block(c.pre_norm, w.norm_weight, w.norm_bias, c.norm_eps, x, h_.data(), o_.data(), n, d,
+    residual_block(c.pre_norm, w.norm_weight, w.norm_bias, c.norm_eps, w.down_bias, x, h_.data(), o_.data(), n, d,
                    [&](const float* in, float* out) { feed_forward(w, in, n, out); });
   }
-  if (m.encoder_norm.weight) ops::layernorm(x, m.encoder_norm.weight, m.encoder_norm.bias, x, n, d, c.norm_eps);
+  if (m.encoder_norm.weight) layernorm_rows(x, m.encoder_norm.weight, m.encoder_norm.bias, x, n, d, c.norm_eps);
   encoder_out_.assign(x, x + n * d);
 
   // Cross-attention keys and values: once per source batch, shared by every beam of a sentence.
@@ -429,40 +587,47 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
   for (int64_t l = 0; l < c.decoder_layers; ++l) {
     const auto& layer = m.decoder_layers[l];
     const auto& self = layer.self_attention;
-    residual_block(c.pre_norm, self.norm_weight, self.norm_bias, c.norm_eps, x, h_.data(), o_.data(), n, d,
-                   [&](const float* in, float* out) {
-                     project(self.q, self.q_bias, in, n, q_.data());
-                     project(self.k, self.k_bias, in, n, k_.data());
-                     project(self.v, self.v_bias, in, n, v_.data());
+    // q, k, v without their biases, k and v straight into this position's cache slots; one
+    // region then adds the biases and attends, row by row (a row reads only its own slot at
+    // this position, so no row waits for another).
+    residual_block(c.pre_norm, self.norm_weight, self.norm_bias, c.norm_eps, self.out_bias, x, h_.data(), o_.data(), n,
+                   d, [&](const float* in, float* out) {
                      float* keys = self_keys_.data() + (t * c.decoder_layers + l) * max_rows_ * d;
                      float* values = self_values_.data() + (t * c.decoder_layers + l) * max_rows_ * d;
-                     std::copy_n(k_.data(), n * d, keys);
-                     std::copy_n(v_.data(), n * d, values);
-#pragma omp parallel for if (n * (t + 1) * d > kParallelWork)
-                     for (int64_t r = 0; r < n; ++r) attend_cache(l, r, q_.data() + r * d, attended_.data() + r * d);
-                     project(self.out, self.out_bias, attended_.data(), n, out);
+                     ops::matmul(self.q, in, n, q_.data(), d);
+                     ops::matmul(self.k, in, n, keys, d);
+                     ops::matmul(self.v, in, n, values, d);
+#pragma omp parallel for if (n > 1 && n * (t + 1) * d > kParallelElements)
+                     for (int64_t r = 0; r < n; ++r) {
+                       add_bias_row(q_.data() + r * d, self.q_bias, d);
+                       add_bias_row(keys + r * d, self.k_bias, d);
+                       add_bias_row(values + r * d, self.v_bias, d);
+                       attend_cache(l, r, q_.data() + r * d, attended_.data() + r * d);
+                     }
+                     ops::matmul(self.out, attended_.data(), n, out, d);
                    });
     const auto& cross = layer.cross_attention;
-    residual_block(c.pre_norm, cross.norm_weight, cross.norm_bias, c.norm_eps, x, h_.data(), o_.data(), n, d,
-                   [&](const float* in, float* out) {
-                     project(cross.q, cross.q_bias, in, n, q_.data());
+    residual_block(c.pre_norm, cross.norm_weight, cross.norm_bias, c.norm_eps, cross.out_bias, x, h_.data(),
+                   o_.data(), n, d, [&](const float* in, float* out) {
+                     ops::matmul(cross.q, in, n, q_.data(), d);
                      const float* keys = cross_keys_.data() + l * source_tokens * d;
                      const float* values = cross_values_.data() + l * source_tokens * d;
-#pragma omp parallel for if (n * longest_source_ * d > kParallelWork)
+#pragma omp parallel for if (n > 1 && n * longest_source_ * d > kParallelElements)
                      for (int64_t r = 0; r < n; ++r) {
+                       add_bias_row(q_.data() + r * d, cross.q_bias, d);
                        const int32_t s = sentence_[r];
                        attend_rows(q_.data() + r * d, keys, values, source_start_[s], source_length_[s],
                                    attended_.data() + r * d);
                      }
-                     project(cross.out, cross.out_bias, attended_.data(), n, out);
+                     ops::matmul(cross.out, attended_.data(), n, out, d);
                    });
     const auto& w = layer.ffn;
-    residual_block(c.pre_norm, w.norm_weight, w.norm_bias, c.norm_eps, x, h_.data(), o_.data(), n, d,
+    residual_block(c.pre_norm, w.norm_weight, w.norm_bias, c.norm_eps, w.down_bias, x, h_.data(), o_.data(), n, d,
                    [&](const float* in, float* out) { feed_forward(w, in, n, out); });
   }
-  if (m.decoder_norm.weight) ops::layernorm(x, m.decoder_norm.weight, m.decoder_norm.bias, x, n, d, c.norm_eps);
+  if (m.decoder_norm.weight) layernorm_rows(x, m.decoder_norm.weight, m.decoder_norm.bias, x, n, d, c.norm_eps);
   ops::matmul(m.output, x, n, logits, c.target_vocab_size);
-  if (m.output_bias) ops::add_bias(logits, m.output_bias, n, c.target_vocab_size);
+  if (m.output_bias && !defer_logits_bias_) ops::add_bias(logits, m.output_bias, n, c.target_vocab_size);
   ++steps_;
 }
 

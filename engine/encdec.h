@@ -120,6 +120,10 @@ class EncDecState final : public DecoderStep {
   // Runs one decoder position for every row. Throws (InvalidArgument) past max_positions, for
   // more rows than encode's max_rows, or for a parent or token out of range.
   void step(std::span<const int32_t> parents, std::span<const int32_t> tokens, float* logits) override;
+  // With true, step() leaves the output bias (Marian's final_logits_bias) out of the logits and
+  // deferred_logits_bias() names it, for search() to add (the Translator does this).
+  void defer_logits_bias(bool defer) { defer_logits_bias_ = defer; }
+  const float* deferred_logits_bias() const override { return defer_logits_bias_ ? model_->output_bias : nullptr; }
 
  private:
   void embed(const ops::Matrix& table, const ops::Matrix& positions, const EncDecModel::Norm& norm,
@@ -131,6 +135,7 @@ class EncDecState final : public DecoderStep {
   void ensure_thread_scratch(int64_t n_keys);
 
   std::shared_ptr<const EncDecModel> model_;
+  bool defer_logits_bias_ = false;
 
   // The source batch.
   std::vector<int32_t> source_start_, source_length_;  // per sentence, in encoder rows

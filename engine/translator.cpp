@@ -240,6 +240,7 @@ void Translator::translate_batch(std::span<Segment*> batch, const TranslationOpt
       return text.empty() || stream(batch[index]->sentence, text);
     };
   }
+  state_.defer_logits_bias(true);  // search() adds it to each row of logits as it reads it
   std::vector<std::vector<Hypothesis>> results = search(state_, n, c.decoder_start_id, eos, search_options, on_settled);
   for (int32_t i = 0; i < n; ++i) {
     if (stream) emit(*batch[i], detokenizers[i].finish());

@@ -409,3 +409,94 @@ TEST_CASE("invalid options are rejected") {
   CHECK(code({}, 1, 40) == ErrorCode::InvalidArgument);
   CHECK(search(model, 0, 1, {&eos, 1}, {}).empty());
 }
+
+namespace {
+
+// A model with a real vocabulary size (the fast paths work in blocks of 16, 64 and 512 tokens;
+// the bigram model's vocabulary fits in one): logits from a hash of (step, token, id), larger
+// for a few ids, plus an output bias that it adds itself or defers to search().
+class WideModel : public DecoderStep {
+ public:
+  static constexpr int32_t kVocab = 65001;
+  explicit WideModel(bool defer) : defer_(defer), bias_(kVocab) {
+    for (int32_t v = 0; v < kVocab; ++v) bias_[v] = 0.25f * static_cast<float>(hash(7, 7, v) % 1000) / 1000.0f;
+  }
+  int32_t vocab_size() const override { return kVocab; }
+  const float* deferred_logits_bias() const override { return defer_ ? bias_.data() : nullptr; }
+  void step(std::span<const int32_t>, std::span<const int32_t> tokens, float* logits) override {
+    for (size_t r = 0; r < tokens.size(); ++r) {
+      float* row = logits + r * kVocab;
+      logit_row(steps, tokens[r], row);
+      if (!defer_)
+        for (int32_t v = 0; v < kVocab; ++v) row[v] += bias_[v];
+    }
+    ++steps;
+  }
+  // The logits of a step, without the bias.
+  static void logit_row(int32_t step, int32_t token, float* row) {
+    for (int32_t v = 0; v < kVocab; ++v) {
+      const uint32_t h = hash(step, token, v);
+      row[v] = static_cast<float>(h % 20000) / 1000.0f - 10.0f + (h % 4099 == 0 ? 12.0f : 0.0f);
+    }
+  }
+  static uint32_t hash(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u) * 0x85EBCA77u ^ c * 0xC2B2AE3Du;
+    h ^= h >> 15;
+    h *= 0x2C1B3C6Du;
+    h ^= h >> 12;
+    return h;
+  }
+  const std::vector<float>& bias() const { return bias_; }
+  int32_t steps = 0;
+
+ private:
+  bool defer_;
+  std::vector<float> bias_;
+};
+
+}  // namespace
+
+TEST_CASE("a wide vocabulary: deferred bias, greedy log-probs against double precision") {
+  const int32_t eos = 3;
+  for (int32_t beams : {4, 1}) {
+    SearchOptions o;
+    o.beam_size = beams;
+    o.max_length = 6;
+    o.bad_words = {{0}};
+    o.renormalize_logits = true;
+    WideModel own(false), deferred(true);
+    const auto a = search(own, 3, 1, {&eos, 1}, o);
+    const auto b = search(deferred, 3, 1, {&eos, 1}, o);
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      REQUIRE(a[i].size() == b[i].size());
+      for (size_t k = 0; k < a[i].size(); ++k) {
+        CHECK(a[i][k].tokens == b[i][k].tokens);
+        CHECK(a[i][k].score == b[i][k].score);
+      }
+    }
+    if (beams > 1) continue;
+    // Greedy: each token the argmax, the score the mean of log_softmax in double (the bad word
+    // removed, renormalized: the same as a log_softmax without it).
+    std::vector<float> row(WideModel::kVocab);
+    for (const auto& hypotheses : a) {
+      REQUIRE(hypotheses.size() == 1);
+      const auto& h = hypotheses[0];
+      int32_t previous = 1;
+      double total = 0;
+      for (size_t t = 0; t < h.tokens.size(); ++t) {
+        WideModel::logit_row(static_cast<int32_t>(t), previous, row.data());
+        for (int32_t v = 0; v < WideModel::kVocab; ++v) row[v] += own.bias()[v];
+        row[0] = -INFINITY;
+        const int32_t best = static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+        CHECK(h.tokens[t] == best);
+        double sum = 0;
+        for (float v : row) sum += std::exp(double(v) - row[best]);
+        total += -std::log(sum);
+        previous = best;
+      }
+      REQUIRE(h.tokens.size() == 6);  // EOS never wins here
+      CHECK(h.score == doctest::Approx(total / 6).epsilon(1e-6));
+    }
+  }
+}

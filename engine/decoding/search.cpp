@@ -46,11 +46,17 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <omp.h>
 #include <string>
 #include <utility>
 
 #include "engine/decoding/sampler.h"
 #include "engine/error.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+// 64-byte vectors appear only in code for target("avx512f"): no ABI crosses a baseline boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 namespace octet {
 
@@ -64,19 +70,181 @@ float length_divisor(int32_t length, float length_penalty) {
   return static_cast<float>(std::pow(static_cast<double>(length), static_cast<double>(length_penalty)));
 }
 
-// In place, as torch computes it: x - max - log(sum exp(x - max)). NaN counts as -inf.
-void log_softmax(float* x, int32_t n) {
-  float max = kNegInf;
-  for (int32_t i = 0; i < n; ++i) {
-    if (std::isnan(x[i])) x[i] = kNegInf;
-    max = std::max(max, x[i]);
-  }
-  if (max == kNegInf) return;  // nothing possible: leave every token at -inf
+// exp(x) for x <= 0 in float, within 2 ulp: Cephes' expf, 2^n from the exponent bits, on GCC
+// vectors (F: floats, I: int32 of the same lanes) or scalars. Inputs below -87 (-inf included)
+// give exp(-87) ~ 1.6e-38 instead of 0, which only ever meets sums of at least 1 here. No
+// fused multiply-adds (see sum_exp), so every width gives the same bits.
+template <class F, class I>
+[[gnu::always_inline]] inline F exp_nonpositive(F x) {
+  const F low = F{} - 87.0f;  // a broadcast that works for F = float too
+  x = x < low ? low : x;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const F t = x * 1.44269504088896341f + kRound;
+  const F n = t - kRound;
+  I e;
+  __builtin_memcpy(&e, &t, sizeof e);
+  e -= 0x4B400000;  // n as an integer
+  const F r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const I scale_bits = (e + 127) << 23;
+  F scale;
+  __builtin_memcpy(&scale, &scale_bits, sizeof scale);
+  return p * scale;
+}
+
+using Floats = float __attribute__((vector_size(16)));
+using Ints = int32_t __attribute__((vector_size(16)));
+constexpr int32_t kLanes = 4;
+
+template <class F>
+[[gnu::always_inline]] inline F load(const float* x) {
+  F v;
+  __builtin_memcpy(&v, x, sizeof v);
+  return v;
+}
+
+inline Floats broadcast(float value) { return Floats{value, value, value, value}; }
+
+// sum exp(x[i] - max), 16 elements at a time into 16 float partial sums (lane j takes the
+// elements i + j), blocks of 512 elements added in double after summing the 16 lanes as 4
+// groups of 4: (g0 + g1) + (g2 + g3), then (l0 + l1) + (l2 + l3). F holds 4 lanes (4 vectors
+// side by side) or 16 (one vector); both give the same bits.
+template <class F, class I>
+[[gnu::always_inline]] inline double sum_exp_lanes(const float* x, int32_t n, float max) {
+  constexpr int32_t kWidth = sizeof(F) / sizeof(float), kVectors = 16 / kWidth, kBlock = 512;
+  const F m = F{} + max;
   double sum = 0;
-  for (int32_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - max));
-  const float log_sum = static_cast<float>(std::log(sum));
+  int32_t i = 0;
+  while (i + 16 <= n) {
+    const int32_t end = std::min(n, i + kBlock);
+    F s[kVectors] = {};
+    for (; i + 16 <= end; i += 16)
+      for (int32_t v = 0; v < kVectors; ++v) s[v] += exp_nonpositive<F, I>(load<F>(x + i + v * kWidth) - m);
+    float lanes[16];
+    __builtin_memcpy(lanes, s, sizeof lanes);
+    float g[4];
+    for (int32_t k = 0; k < 4; ++k) g[k] = (lanes[k] + lanes[4 + k]) + (lanes[8 + k] + lanes[12 + k]);
+    sum += static_cast<double>((g[0] + g[1]) + (g[2] + g[3]));
+  }
+  for (; i < n; ++i) sum += exp_nonpositive<float, int32_t>(x[i] - max);
+  return sum;
+}
+
+double sum_exp_sse(const float* x, int32_t n, float max) { return sum_exp_lanes<Floats, Ints>(x, n, max); }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OCTET_SEARCH_AVX512 1
+using Floats16 = float __attribute__((vector_size(64)));
+using Ints16 = int32_t __attribute__((vector_size(64)));
+// AVX-512 has fused multiply-adds; contracting would change the bits.
+__attribute__((target("avx512f"), optimize("fp-contract=off"))) double sum_exp_avx512(const float* x, int32_t n,
+                                                                                        float max) {
+  return sum_exp_lanes<Floats16, Ints16>(x, n, max);
+}
+#endif
+
+double sum_exp(const float* x, int32_t n, float max) {
+#ifdef OCTET_SEARCH_AVX512
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return sum_exp_avx512(x, n, max);
+#endif
+  return sum_exp_sse(x, n, max);
+}
+
+// The largest of x[0, n), NaN ignored; `nan` tells whether there was one.
+float row_max(const float* x, int32_t n, bool& nan) {
+  Floats m0 = broadcast(kNegInf), m1 = m0, m2 = m0, m3 = m0;
+  Ints nans{};
+  int32_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    const Floats v0 = load<Floats>(x + i), v1 = load<Floats>(x + i + kLanes), v2 = load<Floats>(x + i + 2 * kLanes),
+                 v3 = load<Floats>(x + i + 3 * kLanes);
+    m0 = v0 > m0 ? v0 : m0;
+    m1 = v1 > m1 ? v1 : m1;
+    m2 = v2 > m2 ? v2 : m2;
+    m3 = v3 > m3 ? v3 : m3;
+    nans |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  m2 = m3 > m2 ? m3 : m2;
+  m0 = m2 > m0 ? m2 : m0;
+  float m = kNegInf;
+  bool any = false;
+  for (int32_t k = 0; k < kLanes; ++k) {
+    m = m0[k] > m ? m0[k] : m;
+    any = any || nans[k] != 0;
+  }
+  for (; i < n; ++i) {
+    m = x[i] > m ? x[i] : m;
+    any = any || x[i] != x[i];
+  }
+  nan = any;
+  return m;
+}
+
+// x += bias, then row_max of the result: one pass.
+float add_bias_row_max(float* x, const float* bias, int32_t n, bool& nan) {
+  Floats m0 = broadcast(kNegInf), m1 = m0;
+  Ints nans{};
+  int32_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const Floats v0 = load<Floats>(x + i) + load<Floats>(bias + i);
+    const Floats v1 = load<Floats>(x + i + kLanes) + load<Floats>(bias + i + kLanes);
+    __builtin_memcpy(x + i, &v0, sizeof v0);
+    __builtin_memcpy(x + i + kLanes, &v1, sizeof v1);
+    m0 = v0 > m0 ? v0 : m0;
+    m1 = v1 > m1 ? v1 : m1;
+    nans |= (v0 != v0) | (v1 != v1);
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  float m = kNegInf;
+  bool any = false;
+  for (int32_t k = 0; k < kLanes; ++k) {
+    m = m0[k] > m ? m0[k] : m;
+    any = any || nans[k] != 0;
+  }
+  for (; i < n; ++i) {
+    x[i] += bias[i];
+    m = x[i] > m ? x[i] : m;
+    any = any || x[i] != x[i];
+  }
+  nan = any;
+  return m;
+}
+
+// A log_softmax not yet written out: the log-probs are (x - max) - log_sum, as torch computes
+// them. {0, 0} leaves x as it is, bit for bit.
+struct Shift {
+  float max = 0;
+  float log_sum = 0;
+};
+
+// The log_softmax of x, NaN turned into -inf in place; `bias`, when not null, is first added to x
+// in place. A row all -inf stays as it is.
+Shift log_softmax_shift(float* x, int32_t n, const float* bias = nullptr) {
+  bool nan;
+  const float max = bias ? add_bias_row_max(x, bias, n, nan) : row_max(x, n, nan);
+  if (nan)
+    for (int32_t i = 0; i < n; ++i)
+      if (std::isnan(x[i])) x[i] = kNegInf;
+  if (max == kNegInf) return {};  // nothing possible: leave every token at -inf
+  return {max, static_cast<float>(std::log(sum_exp(x, n, max)))};
+}
+
+void apply_shift(float* x, int32_t n, Shift shift) {
+  if (shift.max == 0 && shift.log_sum == 0) return;
+  const float max = shift.max, log_sum = shift.log_sum;
+#pragma omp simd
   for (int32_t i = 0; i < n; ++i) x[i] = (x[i] - max) - log_sum;
 }
+
+// In place, as torch computes it: x - max - log(sum exp(x - max)). NaN counts as -inf.
+void log_softmax(float* x, int32_t n, const float* bias = nullptr) { apply_shift(x, n, log_softmax_shift(x, n, bias)); }
 
 // HF's logits processors that search supports, applied in the order generate() builds them.
 // `sequence` is the decoder start token followed by the generated tokens of the row.
@@ -85,8 +253,10 @@ class LogitsProcessors {
   LogitsProcessors(const SearchOptions& options, std::span<const int32_t> eos_ids, int32_t vocab_size)
       : options_(options),
         vocab_size_(vocab_size),
-        eos_ids_(eos_ids.begin(), eos_ids.end()),
-        seen_(vocab_size, 0) {
+        eos_ids_(eos_ids.begin(), eos_ids.end()) {
+    // One "already penalized" table per OpenMP thread: rows are processed in parallel.
+    if (options.repetition_penalty != 1.0f)
+      seen_.assign(static_cast<size_t>(std::max(1, omp_get_max_threads())), std::vector<uint8_t>(vocab_size, 0));
     for (const auto& word : options.bad_words) {
       // Like HF, a bad word that is a lone EOS is ignored (it would forbid ending).
       if (word.size() == 1 && std::find(eos_ids.begin(), eos_ids.end(), word[0]) != eos_ids.end()) continue;
@@ -97,7 +267,9 @@ class LogitsProcessors {
     }
   }
 
-  void apply(float* scores, std::span<const int32_t> sequence) {
+  // Returns the pending renormalization when `defer` is set (the scores are then left before it),
+  // else {} (nothing pending).
+  Shift apply(float* scores, std::span<const int32_t> sequence, bool defer = false) {
     if (options_.repetition_penalty != 1.0f) repetition_penalty(scores, sequence);
     if (options_.no_repeat_ngram_size > 0) no_repeat_ngram(scores, sequence);
     for (int32_t id : bad_tokens_) scores[id] = kNegInf;
@@ -114,7 +286,11 @@ class LogitsProcessors {
       std::fill_n(scores, vocab_size_, kNegInf);
       scores[options_.forced_eos_id] = 0;
     }
-    if (options_.renormalize_logits) log_softmax(scores, vocab_size_);
+    if (!options_.renormalize_logits) return {};
+    const Shift shift = log_softmax_shift(scores, vocab_size_);
+    if (defer) return shift;
+    apply_shift(scores, vocab_size_, shift);
+    return {};
   }
 
  private:
@@ -122,12 +298,13 @@ class LogitsProcessors {
   // multiplied by the penalty, positive ones divided.
   void repetition_penalty(float* scores, std::span<const int32_t> sequence) {
     const float penalty = options_.repetition_penalty;
+    std::vector<uint8_t>& seen = seen_[std::min<size_t>(omp_get_thread_num(), seen_.size() - 1)];
     for (int32_t id : sequence) {
-      if (seen_[id]) continue;
-      seen_[id] = 1;
+      if (seen[id]) continue;
+      seen[id] = 1;
       scores[id] = scores[id] < 0 ? scores[id] * penalty : scores[id] / penalty;
     }
-    for (int32_t id : sequence) seen_[id] = 0;
+    for (int32_t id : sequence) seen[id] = 0;
   }
 
   // Bans each token that would complete an n-gram already in the sequence: a window whose first
@@ -146,7 +323,7 @@ class LogitsProcessors {
   std::vector<int32_t> eos_ids_;
   std::vector<int32_t> bad_tokens_;
   std::vector<std::vector<int32_t>> bad_sequences_;
-  std::vector<uint8_t> seen_;  // per id: already penalized for this row
+  std::vector<std::vector<uint8_t>> seen_;  // per thread, per id: already penalized for this row
 };
 
 void validate(int32_t vocab_size, int32_t batch, int32_t start_token, std::span<const int32_t> eos_ids,
@@ -191,6 +368,7 @@ class Search {
         options_(options),
         on_settled_(on_settled),
         vocab_(model.vocab_size()),
+        logits_bias_(model.deferred_logits_bias()),
         beam_(options.beam_size),
         keep_(std::max<int32_t>(2, 1 + static_cast<int32_t>(eos_ids.size())) * options.beam_size),
         stride_(options.max_length + 1),
@@ -203,6 +381,12 @@ class Search {
       *rows = {std::vector<int32_t>(max_rows), std::vector<int32_t>(max_rows), std::vector<float>(max_rows),
                std::vector<int32_t>(max_rows * stride_)};
     logits_.resize(max_rows * vocab_);
+    row_candidates_.resize(max_rows * keep_);
+    row_counts_.resize(max_rows);
+    row_shifts_.resize(max_rows);
+    row_tokens_.resize(max_rows);
+    row_logprobs_.resize(max_rows);
+    virtual_candidates_.resize(keep_);
     candidates_.resize(keep_);
     order_.resize(keep_);
     for (Sentence& s : sentences_) {
@@ -237,6 +421,7 @@ class Search {
       const int32_t width = beam_ > 1 && generated_ > forced ? beam_ : 1;
       const size_t rows = live_.size() * width;
       model_.step({rows_.parents.data(), rows}, {rows_.tokens.data(), rows}, logits_.data());
+      if (generated_ >= forced) prepare(static_cast<int32_t>(rows));
       next_rows_ = 0;
       next_live_.clear();
       for (size_t j = 0; j < live_.size(); ++j) {
@@ -349,26 +534,73 @@ class Search {
     settle(index, {lead + s.reported, static_cast<size_t>(shared - s.reported)});
   }
 
+  // The model's deferred bias, when it has one: the row's first pass, which brings it into cache
+  // for the rest.
+  void add_logits_bias(float* x) const {
+    if (!logits_bias_) return;
+    const float* bias = logits_bias_;
+#pragma omp simd
+    for (int32_t i = 0; i < vocab_; ++i) x[i] += bias[i];
+  }
+
   bool force(int32_t index, int32_t row) {
     float* x = logits(row);
-    log_softmax(x, vocab_);
+    log_softmax(x, vocab_, logits_bias_);
     const int32_t token = options_.prefix[generated_];
     push_row(row, token, rows_.scores[row] + x[token]);
     settle(index, {&token, 1});
     return false;
   }
 
-  bool greedy_step(int32_t index, int32_t row) {
-    float* x = logits(row);
-    processors_.apply(x, history(row));
-    int32_t token;
-    if (sampler_) {
-      token = draw(sampler_->distribution({x, static_cast<size_t>(vocab_)}, {}), rngs_[index]);
-    } else {
-      token = static_cast<int32_t>(std::max_element(x, x + vocab_) - x);
+  // The work of a step on each row on its own, parallel over the rows: log-probs and processors,
+  // then for beam search the row's best keep_ candidates, for greedy search the argmax and its
+  // log-prob (sampling draws later, in sentence order).
+  void prepare(int32_t rows) {
+#pragma omp parallel for schedule(dynamic, 1) if (rows > 1)
+    for (int32_t r = 0; r < rows; ++r) {
+      float* x = logits(r);
+      if (beam_ > 1) {
+        // The renormalization's log_softmax is not written out: top_candidates applies it.
+        log_softmax(x, vocab_, logits_bias_);
+        row_shifts_[r] = processors_.apply(x, history(r), /*defer=*/true);
+        row_counts_[r] =
+            top_candidates(r, rows_.scores[r], row_shifts_[r], row_candidates_.data() + static_cast<size_t>(r) * keep_);
+        continue;
+      }
+      add_logits_bias(x);
+      processors_.apply(x, history(r));
+      if (sampler_) continue;
+      // The first of equal maxima (std::max_element), then its log_softmax.
+      bool nan;
+      const float max = row_max(x, vocab_, nan);
+      if (nan) {
+        const int32_t token = static_cast<int32_t>(std::max_element(x, x + vocab_) - x);
+        log_softmax(x, vocab_);
+        row_tokens_[r] = token;
+        row_logprobs_[r] = x[token];
+        continue;
+      }
+      int32_t token = 0;
+      while (token < vocab_ - 1 && !(x[token] == max)) ++token;
+      row_tokens_[r] = token;
+      row_logprobs_[r] = max == kNegInf ? kNegInf
+                                        : (x[token] - max) - static_cast<float>(std::log(sum_exp(x, vocab_, max)));
     }
-    log_softmax(x, vocab_);
-    const float score = rows_.scores[row] + x[token];
+  }
+
+  bool greedy_step(int32_t index, int32_t row) {
+    int32_t token;
+    float logprob;
+    if (sampler_) {
+      float* x = logits(row);
+      token = draw(sampler_->distribution({x, static_cast<size_t>(vocab_)}, {}), rngs_[index]);
+      log_softmax(x, vocab_);
+      logprob = x[token];
+    } else {
+      token = row_tokens_[row];
+      logprob = row_logprobs_[row];
+    }
+    const float score = rows_.scores[row] + logprob;
     const int32_t length = generated_ + 1;
     if (is_eos_[token] || length >= options_.max_length) {
       add_finished(sentences_[index], score / length_divisor(length, options_.length_penalty), row, token);
@@ -395,31 +627,58 @@ class Search {
     return last;
   }
 
-  // Inserts into candidates_[0, count) (sorted, best first), dropping the last when full; called
-  // only for a candidate that ranks among the first keep_. Equal scores keep the earlier (lower
-  // beam, lower id) first.
-  void offer(int32_t& count, const Candidate& c) {
+  // Inserts into list[0, count) (sorted, best first), dropping the last when count is keep_;
+  // called only for a candidate that ranks among the first keep_. Equal scores keep the earlier
+  // (lower beam, lower id) first.
+  void offer(Candidate* list, int32_t& count, const Candidate& c) const {
     int32_t k = count < keep_ ? count++ : keep_ - 1;
-    for (; k > 0 && candidates_[k - 1].score < c.score; --k) candidates_[k] = candidates_[k - 1];
-    candidates_[k] = c;
+    for (; k > 0 && list[k - 1].score < c.score; --k) list[k] = list[k - 1];
+    list[k] = c;
+  }
+
+  // The best keep_ of beam_score + log-prob over the row's tokens into `list`, best first, equal
+  // scores by id; returns how many (keep_: the vocabulary is at least that large). The log-probs
+  // are the row's values after `shift` (the same float operations as writing it out first).
+  // Blocks of tokens are first tested at once against the current keep_-th score.
+  int32_t top_candidates(int32_t row, float beam_score, Shift shift, Candidate* list) const {
+    const float* x = logits_.data() + static_cast<size_t>(row) * vocab_;
+    const float max = shift.max, log_sum = shift.log_sum;
+    int32_t count = 0, id = 0;
+    for (; id < vocab_ && count < keep_; ++id) offer(list, count, {beam_score + ((x[id] - max) - log_sum), row, id});
+    constexpr int32_t kBlock = 64;
+    for (; id < vocab_; id += kBlock) {
+      const int32_t end = std::min(vocab_, id + kBlock);
+      const float threshold = list[keep_ - 1].score;
+      int32_t above = 0;
+#pragma omp simd reduction(+ : above)
+      for (int32_t i = id; i < end; ++i) above += beam_score + ((x[i] - max) - log_sum) > threshold;
+      if (above == 0) continue;
+      for (int32_t i = id; i < end; ++i) {
+        const float score = beam_score + ((x[i] - max) - log_sum);
+        if (score > list[keep_ - 1].score) offer(list, count, {score, row, i});
+      }
+    }
+    return count;
   }
 
   bool beam_step(int32_t index, int32_t first_row, int32_t width) {
     Sentence& s = sentences_[index];
-    for (int32_t r = first_row; r < first_row + width; ++r) {
-      log_softmax(logits(r), vocab_);
-      processors_.apply(logits(r), history(r));
-    }
-    // Top keep_ of beam score + log-prob over beam_size x vocab. With one row (the first step),
-    // beams 1.. are HF's virtual copies of it, at score -1e9.
+    // Top keep_ of beam score + log-prob over beam_size x vocab, merged from each row's best
+    // keep_ (prepare()) in beam order. With one row (the first step), beams 1.. are HF's virtual
+    // copies of it, at score -1e9.
     int32_t count = 0;
+    int32_t virtual_count = 0;
+    if (width == 1 && beam_ > 1)
+      virtual_count = top_candidates(first_row, kExcluded, row_shifts_[first_row], virtual_candidates_.data());
     for (int32_t b = 0; b < beam_; ++b) {
-      const int32_t row = width == 1 ? first_row : first_row + b;
-      const float beam_score = width == 1 && b > 0 ? kExcluded : rows_.scores[row];
-      const float* x = logits(row);
-      for (int32_t id = 0; id < vocab_; ++id) {
-        const float score = beam_score + x[id];
-        if (count < keep_ || score > candidates_[keep_ - 1].score) offer(count, {score, row, id});
+      const bool is_virtual = width == 1 && b > 0;
+      const int32_t row = is_virtual ? first_row : first_row + b;
+      const Candidate* list =
+          is_virtual ? virtual_candidates_.data() : row_candidates_.data() + static_cast<size_t>(row) * keep_;
+      const int32_t n = is_virtual ? virtual_count : row_counts_[row];
+      for (int32_t k = 0; k < n; ++k) {
+        if (count == keep_ && !(list[k].score > candidates_[keep_ - 1].score)) break;
+        offer(candidates_.data(), count, list[k]);
       }
     }
     const int32_t length = generated_ + 1;
@@ -473,7 +732,9 @@ class Search {
   DecoderStep& model_;
   const SearchOptions& options_;
   const SettledCallback& on_settled_;
-  const int32_t vocab_, beam_, keep_, stride_;
+  const int32_t vocab_;
+  const float* const logits_bias_;  // the model's deferred bias, added to each row first; or null
+  const int32_t beam_, keep_, stride_;
   std::vector<uint8_t> is_eos_;
   LogitsProcessors processors_;
   std::vector<Sentence> sentences_;
@@ -481,6 +742,12 @@ class Search {
   int32_t next_rows_ = 0;
   std::vector<int32_t> live_, next_live_;  // unfinished sentences, in row order
   std::vector<float> logits_;
+  std::vector<Candidate> row_candidates_;      // keep_ per row of the step: its best
+  std::vector<int32_t> row_counts_;            // how many of them
+  std::vector<Shift> row_shifts_;              // the log_softmax each row's logits still need
+  std::vector<int32_t> row_tokens_;            // greedy: each row's argmax
+  std::vector<float> row_logprobs_;            // and its log-prob
+  std::vector<Candidate> virtual_candidates_;  // the first step's virtual beams
   std::vector<Candidate> candidates_;  // keep_ per sentence step
   std::vector<int32_t> order_;         // candidates_ indices by running key
   int32_t generated_ = 0;

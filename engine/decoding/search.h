@@ -19,6 +19,9 @@ class DecoderStep {
   virtual ~DecoderStep() = default;
   virtual int32_t vocab_size() const = 0;
   virtual void step(std::span<const int32_t> parents, std::span<const int32_t> tokens, float* logits) = 0;
+  // A vocab_size() bias that step() leaves out of the logits for search() to add, row by row
+  // while it reads them anyway (one pass less over rows x vocab floats); null: none.
+  virtual const float* deferred_logits_bias() const { return nullptr; }
 };
 
 struct SearchOptions {
