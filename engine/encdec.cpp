@@ -27,11 +27,6 @@
 #include "engine/loading.h"
 #include "kernels/kernels.h"
 
-#if defined(__GNUC__) && !defined(__clang__)
-// 64-byte vectors appear only in code for target("avx512f"): no ABI crosses a baseline boundary.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
 namespace octet {
 namespace {
 
@@ -291,85 +286,13 @@ void residual_block(bool pre_norm, const float* norm_weight, const float* norm_b
   }
 }
 
-// ---- Swish (silu) on GCC vectors: Marian's FFN activation, a scalar expf per element otherwise.
-
-// exp(x) for x <= 0 in float, within 2 ulp (Cephes' expf; the same as search.cpp's), on GCC
-// vectors (F floats, I int32 of the same lanes) or scalars; below -87 it gives exp(-87).
-template <class F, class I>
-[[gnu::always_inline]] inline F exp_nonpositive(F x) {
-  const F low = F{} - 87.0f;
-  x = x < low ? low : x;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const F t = x * 1.44269504088896341f + kRound;
-  const F n = t - kRound;
-  I e;
-  __builtin_memcpy(&e, &t, sizeof e);
-  e -= 0x4B400000;
-  const F r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const I scale_bits = (e + 127) << 23;
-  F scale;
-  __builtin_memcpy(&scale, &scale_bits, sizeof scale);
-  return p * scale;
-}
-
-// x = silu(x + bias) = v / (1 + exp(-v)), as v * e / (1 + e) with e = exp(v) for v < 0, so exp
-// only ever sees -|v|. Vectors of F (16 floats in all per step), the tail as scalars.
-template <class F, class I>
-[[gnu::always_inline]] inline F silu_lanes(F v) {
-  const F magnitude = v < 0.0f ? -v : v;
-  const F e = exp_nonpositive<F, I>(-magnitude);
-  const F one = F{} + 1.0f;
-  return v >= 0.0f ? v / (one + e) : v * e / (one + e);
-}
-
-template <class F, class I>
-[[gnu::always_inline]] inline void bias_swish_lanes(float* x, const float* bias, int64_t n) {
-  constexpr int64_t kWidth = sizeof(F) / sizeof(float);
-  int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) {
-    F v, b = F{};
-    __builtin_memcpy(&v, x + i, sizeof v);
-    if (bias) __builtin_memcpy(&b, bias + i, sizeof b);
-    v = silu_lanes<F, I>(v + b);
-    __builtin_memcpy(x + i, &v, sizeof v);
-  }
-  for (; i < n; ++i) x[i] = silu_lanes<float, int32_t>(x[i] + (bias ? bias[i] : 0.0f));
-}
-
-void bias_swish_sse(float* x, const float* bias, int64_t n) { bias_swish_lanes<Floats4, Ints4>(x, bias, n); }
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define OCTET_ENCDEC_AVX512 1
-using Floats16 = float __attribute__((vector_size(64)));
-using Ints16 = int32_t __attribute__((vector_size(64)));
-// No fused multiply-adds: the same bits as the SSE version.
-__attribute__((target("avx512f"), optimize("fp-contract=off"))) void bias_swish_avx512(float* x, const float* bias,
-                                                                                         int64_t n) {
-  bias_swish_lanes<Floats16, Ints16>(x, bias, n);
-}
-#endif
-
-void bias_swish(float* x, const float* bias, int64_t n) {
-#ifdef OCTET_ENCDEC_AVX512
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return bias_swish_avx512(x, bias, n);
-#endif
-  bias_swish_sse(x, bias, n);
-}
-
 // x = activation(x + bias) for n rows of f, in one parallel region.
 void bias_activate(ops::Activation activation, const float* bias, float* x, int64_t n, int64_t f) {
 #pragma omp parallel for if (n > 1 && n * f >= kParallelElements)
   for (int64_t r = 0; r < n; ++r) {
     float* row = x + r * f;
     if (activation == ops::Activation::Swish) {
-      bias_swish(row, bias, f);
+      kernels::silu(row, bias, f);
       continue;
     }
     if (activation == ops::Activation::Relu) {

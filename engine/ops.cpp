@@ -32,8 +32,13 @@ void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int6
 }
 
 void swiglu(float* gate, const float* up, int64_t n) {
+  constexpr int64_t kChunk = 4096;  // a parallel unit: long enough to amortize, short enough to share
 #pragma omp parallel for if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) gate[i] = silu(gate[i]) * up[i];
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t count = std::min(kChunk, n - start);
+    kernels::silu(gate + start, nullptr, count);
+    for (int64_t i = start; i < start + count; ++i) gate[i] *= up[i];
+  }
 }
 
 void add(float* x, const float* y, int64_t n) {
@@ -183,8 +188,7 @@ void activate(Activation activation, float* x, int64_t n) {
       break;
     }
     case Activation::Swish:
-#pragma omp parallel for if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) x[i] = silu(x[i]);
+      kernels::silu(x, nullptr, n);
       break;
   }
 }

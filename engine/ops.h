@@ -26,7 +26,6 @@ void embedding(const Matrix& table, int32_t id, float* out);
 
 // For each of `rows` rows of n: out = x / sqrt(mean(x^2) + eps) * weight (out may be x).
 void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t n, float eps);
-inline float silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
 // gate = silu(gate) * up, elementwise: the gating half of SwiGLU.
 void swiglu(float* gate, const float* up, int64_t n);
 // x += y, elementwise (residual connections, biases).

@@ -58,6 +58,8 @@ struct Backend {
   DotTileFn dot[5];  // indexed by DType
   DotBlockFn dot_block[5];  // indexed by DType; nullptr where matmul should call dot per weight row
   void (*attend)(const AttendArgs& args);  // see kernels.h
+  double (*sum_exp)(const float* x, int64_t n, float max);
+  void (*silu)(float* x, const float* bias, int64_t n);
 };
 
 // True for the block types, whose activations are quantized to BlockQ8A.

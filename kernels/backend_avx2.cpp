@@ -4,7 +4,7 @@
 
 #include <type_traits>
 
-#include "kernels/attend_simd.h"
+#include "kernels/simd.h"
 #include "kernels/backend.h"
 
 namespace octet::kernels {
@@ -169,6 +169,8 @@ struct Vec8 {
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
   static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm256_div_ps(a, b); }
+  static T if_negative(T v, T a, T b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ)); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static T max(T a, T b) { return _mm256_max_ps(a, b); }
   static T round(T v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
@@ -201,6 +203,8 @@ const Backend& avx2_backend() {
       {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
       {},
       simd::attend<Vec8>,
+      simd::sum_exp<Vec8>,
+      simd::silu<Vec8>,
   };
   return backend;
 }

@@ -10,7 +10,7 @@
 
 #include <type_traits>
 
-#include "kernels/attend_simd.h"
+#include "kernels/simd.h"
 #include "kernels/backend.h"
 
 namespace octet::kernels {
@@ -201,6 +201,8 @@ struct Vec16 {
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
   static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm512_div_ps(a, b); }
+  static T if_negative(T v, T a, T b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), b, a); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
   static T round(T v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
@@ -223,6 +225,8 @@ const Backend& avx512_backend() {
       {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
       {nullptr, nullptr, dot_block<DType::Q8_0>, dot_block<DType::Q4_0>, dot_block<DType::Q4_1>},
       simd::attend<Vec16>,
+      simd::sum_exp<Vec16>,
+      simd::silu<Vec16>,
   };
   return backend;
 }

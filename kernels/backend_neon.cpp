@@ -8,7 +8,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "kernels/attend_simd.h"
+#include "kernels/simd.h"
 #include "kernels/backend.h"
 
 namespace octet::kernels {
@@ -164,6 +164,8 @@ struct Vec4 {
   static T add(T a, T b) { return vaddq_f32(a, b); }
   static T sub(T a, T b) { return vsubq_f32(a, b); }
   static T mul(T a, T b) { return vmulq_f32(a, b); }
+  static T div(T a, T b) { return vdivq_f32(a, b); }
+  static T if_negative(T v, T a, T b) { return vbslq_f32(vcltq_f32(v, vdupq_n_f32(0.0f)), a, b); }
   static T fma(T a, T b, T c) { return vfmaq_f32(c, a, b); }
   static T max(T a, T b) { return vmaxq_f32(a, b); }
   static T round(T v) { return vrndnq_f32(v); }
@@ -189,6 +191,8 @@ const Backend& neon_backend() {
       {kTileF<float>, kTileF<uint16_t>, kTileQ<DType::Q8_0>, kTileQ<DType::Q4_0>, kTileQ<DType::Q4_1>},
       {},
       simd::attend<Vec4>,
+      simd::sum_exp<Vec4>,
+      simd::silu<Vec4>,
   };
   return backend;
 }

@@ -108,6 +108,19 @@ void reference_attend(const AttendArgs& a) {
   else reference_attend_as<float>(a);
 }
 
+double reference_sum_exp(const float* x, int64_t n, float max) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
+  return sum;
+}
+
+void reference_silu(float* x, const float* bias, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i] + (bias ? bias[i] : 0.0f);
+    x[i] = v / (1.0f + std::exp(-v));
+  }
+}
+
 // Adapts a one-row dot to the tile signature. Block dots take a block count, float dots k.
 template <typename W, typename X, float (*Dot)(const W*, const X*, int64_t), bool kBlocks>
 void tile(const void* w, const void* x, size_t x_stride, int rows, int64_t k, float* y, int64_t ldy) {
@@ -133,6 +146,8 @@ const Backend& scalar_backend() {
       },
       {},
       reference_attend,
+      reference_sum_exp,
+      reference_silu,
   };
   return backend;
 }

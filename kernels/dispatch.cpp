@@ -70,6 +70,8 @@ const Backend& active_backend() { return *active_slot().load(std::memory_order_a
 const char* backend_name() { return active_backend().name; }
 
 void attend(const AttendArgs& args) { active_backend().attend(args); }
+double sum_exp(const float* x, int64_t n, float max) { return active_backend().sum_exp(x, n, max); }
+void silu(float* x, const float* bias, int64_t n) { active_backend().silu(x, bias, n); }
 
 bool force_backend(const char* name) {
   const Backend* b = find_backend(name);

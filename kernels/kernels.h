@@ -55,6 +55,13 @@ struct AttendArgs {
 };
 void attend(const AttendArgs& args);
 
+// Long-row float math of the decoders, on the active backend (SIMD backends use the polynomial
+// exp described above).
+// sum_i exp(x[i] - max), x[i] <= max: a softmax denominator; partial sums are added in double.
+double sum_exp(const float* x, int64_t n, float max);
+// x[i] = silu(x[i] + bias[i]) = v / (1 + exp(-v)); bias may be null. The swish activation.
+void silu(float* x, const float* bias, int64_t n);
+
 // Which implementation is active: "scalar", "avx2", "avx512", "neon". The best one this CPU
 // supports is chosen at start-up; the environment variable OCTET_KERNELS=<name> or
 // force_backend() overrides it. force_backend returns false (and changes nothing) when the CPU

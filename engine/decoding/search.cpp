@@ -52,11 +52,7 @@
 
 #include "engine/decoding/sampler.h"
 #include "engine/error.h"
-
-#if defined(__GNUC__) && !defined(__clang__)
-// 64-byte vectors appear only in code for target("avx512f"): no ABI crosses a baseline boundary.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+#include "kernels/kernels.h"
 
 namespace octet {
 
@@ -68,33 +64,6 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // HF's per-length divisor: a Python int ** float (double), applied to a float32 tensor as float.
 float length_divisor(int32_t length, float length_penalty) {
   return static_cast<float>(std::pow(static_cast<double>(length), static_cast<double>(length_penalty)));
-}
-
-// exp(x) for x <= 0 in float, within 2 ulp: Cephes' expf, 2^n from the exponent bits, on GCC
-// vectors (F: floats, I: int32 of the same lanes) or scalars. Inputs below -87 (-inf included)
-// give exp(-87) ~ 1.6e-38 instead of 0, which only ever meets sums of at least 1 here. No
-// fused multiply-adds (see sum_exp), so every width gives the same bits.
-template <class F, class I>
-[[gnu::always_inline]] inline F exp_nonpositive(F x) {
-  const F low = F{} - 87.0f;  // a broadcast that works for F = float too
-  x = x < low ? low : x;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const F t = x * 1.44269504088896341f + kRound;
-  const F n = t - kRound;
-  I e;
-  __builtin_memcpy(&e, &t, sizeof e);
-  e -= 0x4B400000;  // n as an integer
-  const F r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const I scale_bits = (e + 127) << 23;
-  F scale;
-  __builtin_memcpy(&scale, &scale_bits, sizeof scale);
-  return p * scale;
 }
 
 using Floats = float __attribute__((vector_size(16)));
@@ -109,52 +78,6 @@ template <class F>
 }
 
 inline Floats broadcast(float value) { return Floats{value, value, value, value}; }
-
-// sum exp(x[i] - max), 16 elements at a time into 16 float partial sums (lane j takes the
-// elements i + j), blocks of 512 elements added in double after summing the 16 lanes as 4
-// groups of 4: (g0 + g1) + (g2 + g3), then (l0 + l1) + (l2 + l3). F holds 4 lanes (4 vectors
-// side by side) or 16 (one vector); both give the same bits.
-template <class F, class I>
-[[gnu::always_inline]] inline double sum_exp_lanes(const float* x, int32_t n, float max) {
-  constexpr int32_t kWidth = sizeof(F) / sizeof(float), kVectors = 16 / kWidth, kBlock = 512;
-  const F m = F{} + max;
-  double sum = 0;
-  int32_t i = 0;
-  while (i + 16 <= n) {
-    const int32_t end = std::min(n, i + kBlock);
-    F s[kVectors] = {};
-    for (; i + 16 <= end; i += 16)
-      for (int32_t v = 0; v < kVectors; ++v) s[v] += exp_nonpositive<F, I>(load<F>(x + i + v * kWidth) - m);
-    float lanes[16];
-    __builtin_memcpy(lanes, s, sizeof lanes);
-    float g[4];
-    for (int32_t k = 0; k < 4; ++k) g[k] = (lanes[k] + lanes[4 + k]) + (lanes[8 + k] + lanes[12 + k]);
-    sum += static_cast<double>((g[0] + g[1]) + (g[2] + g[3]));
-  }
-  for (; i < n; ++i) sum += exp_nonpositive<float, int32_t>(x[i] - max);
-  return sum;
-}
-
-double sum_exp_sse(const float* x, int32_t n, float max) { return sum_exp_lanes<Floats, Ints>(x, n, max); }
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define OCTET_SEARCH_AVX512 1
-using Floats16 = float __attribute__((vector_size(64)));
-using Ints16 = int32_t __attribute__((vector_size(64)));
-// AVX-512 has fused multiply-adds; contracting would change the bits.
-__attribute__((target("avx512f"), optimize("fp-contract=off"))) double sum_exp_avx512(const float* x, int32_t n,
-                                                                                        float max) {
-  return sum_exp_lanes<Floats16, Ints16>(x, n, max);
-}
-#endif
-
-double sum_exp(const float* x, int32_t n, float max) {
-#ifdef OCTET_SEARCH_AVX512
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return sum_exp_avx512(x, n, max);
-#endif
-  return sum_exp_sse(x, n, max);
-}
 
 // The largest of x[0, n), NaN ignored; `nan` tells whether there was one.
 float row_max(const float* x, int32_t n, bool& nan) {
@@ -233,7 +156,7 @@ Shift log_softmax_shift(float* x, int32_t n, const float* bias = nullptr) {
     for (int32_t i = 0; i < n; ++i)
       if (std::isnan(x[i])) x[i] = kNegInf;
   if (max == kNegInf) return {};  // nothing possible: leave every token at -inf
-  return {max, static_cast<float>(std::log(sum_exp(x, n, max)))};
+  return {max, static_cast<float>(std::log(kernels::sum_exp(x, n, max)))};
 }
 
 void apply_shift(float* x, int32_t n, Shift shift) {
@@ -584,7 +507,7 @@ class Search {
       while (token < vocab_ - 1 && !(x[token] == max)) ++token;
       row_tokens_[r] = token;
       row_logprobs_[r] = max == kNegInf ? kNegInf
-                                        : (x[token] - max) - static_cast<float>(std::log(sum_exp(x, vocab_, max)));
+                                        : (x[token] - max) - static_cast<float>(std::log(kernels::sum_exp(x, vocab_, max)));
     }
   }
 

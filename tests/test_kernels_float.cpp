@@ -1,5 +1,5 @@
-// kernels::attend on every backend this CPU runs, with f32 and f16 keys/values, against a
-// double-precision softmax attention of the stored values.
+// The float kernels on every backend this CPU runs, against double precision: attend (with f32
+// and f16 keys/values), sum_exp and silu.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -154,5 +154,50 @@ TEST_CASE("attend: a query's result has the same bits alone as in a group") {
       const std::vector<float> alone = p.run(i, 1);
       CHECK(std::memcmp(alone.data(), group.data() + i * stride, p.head_dim * sizeof(float)) == 0);
     }
+  }
+}
+
+TEST_CASE("sum_exp and silu: every backend within float rounding of double precision") {
+  BackendGuard guard;
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal(0.0f, 6.0f);
+  for (const std::string& backend : backends()) {
+    REQUIRE(force_backend(backend.c_str()));
+    CAPTURE(backend);
+    for (int64_t n : {1, 7, 16, 63, 64, 65, 513, 65001}) {
+      CAPTURE(n);
+      std::vector<float> x(n);
+      for (float& v : x) v = normal(rng);
+      float max = x[0];
+      for (float v : x) max = std::max(max, v);
+      double expected = 0;
+      for (float v : x) expected += std::exp(double(v) - max);
+      // Each term within 2 ulp (~2.4e-7 relative), float partial sums over <= 512 terms.
+      CHECK(std::fabs(sum_exp(x.data(), n, max) - expected) <= 2e-6 * expected);
+
+      std::vector<float> bias(n), with_bias = x, without = x;
+      for (float& v : bias) v = normal(rng);
+      silu(with_bias.data(), bias.data(), n);
+      silu(without.data(), nullptr, n);
+      double worst = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        for (auto [got, v] : {std::pair{double(with_bias[i]), double(x[i] + bias[i])}, {double(without[i]), double(x[i])}}) {
+          const double want = v / (1 + std::exp(-v));
+          // Relative to the value, plus an absolute floor for the far negative side, where the
+          // clamped exp gives ~1e-36 for silu(v < -87) instead of a subnormal.
+          worst = std::max(worst, std::fabs(got - want) / (std::fabs(want) + 1e-30));
+        }
+      }
+      CHECK(worst < 1e-6);
+    }
+    // Edge values: 0, -0, far on both sides.
+    std::vector<float> edges = {0.0f, -0.0f, 100.0f, -100.0f, 88.0f, -88.0f};
+    silu(edges.data(), nullptr, edges.size());
+    CHECK(edges[0] == 0.0f);
+    CHECK(edges[1] == 0.0f);
+    CHECK(edges[2] == doctest::Approx(100.0f));
+    CHECK(std::fabs(edges[3]) < 1e-30);
+    CHECK(edges[4] == doctest::Approx(88.0f));
+    CHECK(std::fabs(edges[5]) < 1e-30);
   }
 }

@@ -1,14 +1,16 @@
-// Internal to kernels/: attention written once over a small vector interface V, which each SIMD
-// backend file implements with its own registers and includes this header to instantiate, so
-// the code is compiled with that file's instruction-set flags only. V provides:
+// Internal to kernels/: the float kernels (attention, sum of exponentials, silu) written once over
+// a small vector interface V, which each SIMD backend file implements with its own registers and
+// includes this header to instantiate, so the code is compiled with that file's instruction-set
+// flags only. V provides:
 //   T (the vector type), kWidth (floats per vector), zero(), set1(f), load(p), store(p, v),
 //   load(const uint16_t* p) (kWidth halves widened to floats),
-//   add(a, b), sub(a, b), mul(a, b), fma(a, b, c) = a * b + c, max(a, b),
+//   add(a, b), sub(a, b), mul(a, b), div(a, b), fma(a, b, c) = a * b + c, max(a, b),
+//   if_negative(v, a, b) = (v < 0 ? a : b) per lane,
 //   round(v) (to nearest), scale2(v, n) = v * 2^n for integral n, reduce_add(v), reduce_max(v).
 // No std:: function templates here: their out-of-line copies would carry this file's ISA flags
 // into code that any other file may end up calling.
-// The per-query work is the reference's (kernels.h, attend): scores, max, exp, sum, weighted sum
-// of values; only the vector width, the polynomial exp and the summation order differ.
+// The work is the scalar reference's (backend_scalar.cpp); only the vector width, the polynomial
+// exp and the summation order differ.
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -153,6 +155,54 @@ template <class V>
 void attend(const AttendArgs& a) {
   if (a.kv_type == DType::F16) attend_as<V, uint16_t>(a);
   else attend_as<V, float>(a);
+}
+
+// sum_i exp(x[i] - max): 4 vector accumulators, each block of 512 elements added in double.
+template <class V>
+double sum_exp(const float* x, int64_t n, float max) {
+  constexpr int W = V::kWidth;
+  constexpr int64_t kBlock = 512;
+  const typename V::T vm = V::set1(max);
+  double sum = 0;
+  int64_t i = 0;
+  while (i + 4 * W <= n) {
+    const int64_t end = i + kBlock < n ? i + kBlock : n;
+    typename V::T acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    for (; i + 4 * W <= end; i += 4 * W)
+      for (int u = 0; u < 4; ++u) acc[u] = V::add(acc[u], exp_nonpositive<V>(V::sub(V::load(x + i + u * W), vm)));
+    sum += V::reduce_add(V::add(V::add(acc[0], acc[1]), V::add(acc[2], acc[3])));
+  }
+  if (i < n) {
+    // The tail, padded with -inf: each padding lane adds ~1e-38 to a sum of at least 1 (the max's).
+    typename V::T acc = V::zero();
+    for (; i < n; i += W)
+      acc = V::add(acc, exp_nonpositive<V>(V::sub(load_partial<V>(x + i, n - i < W ? n - i : W, -INFINITY), vm)));
+    sum += V::reduce_add(acc);
+  }
+  return sum;
+}
+
+// v / (1 + e^-v), with exp only ever of -|v|: e = exp(-|v|), silu = v * (v < 0 ? e : 1) / (1 + e).
+template <class V>
+typename V::T silu(typename V::T v) {
+  const typename V::T one = V::set1(1.0f);
+  const typename V::T e = exp_nonpositive<V>(V::if_negative(v, v, V::sub(V::zero(), v)));
+  return V::div(V::mul(v, V::if_negative(v, e, one)), V::add(one, e));
+}
+
+template <class V>
+void silu(float* x, const float* bias, int64_t n) {
+  constexpr int W = V::kWidth;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const typename V::T v = bias ? V::add(V::load(x + i), V::load(bias + i)) : V::load(x + i);
+    V::store(x + i, silu<V>(v));
+  }
+  if (i < n) {
+    typename V::T v = load_partial<V>(x + i, n - i, 0.0f);
+    if (bias) v = V::add(v, load_partial<V>(bias + i, n - i, 0.0f));
+    store_partial<V>(x + i, silu<V>(v), n - i);
+  }
 }
 
 }  // namespace octet::kernels::simd
