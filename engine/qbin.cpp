@@ -373,6 +373,15 @@ File::~File() {
   if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
 }
 
+void File::release(const void* p, uint64_t bytes) const {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
+  const auto map_begin = reinterpret_cast<uintptr_t>(base_), map_end = map_begin + size_;
+  if (page == 0 || begin < map_begin || end > map_end) return;
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 std::shared_ptr<const File> File::open(const std::string& path, bool verify_data) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(ErrorCode::Io, "cannot open " + path + ": " + std::strerror(errno));

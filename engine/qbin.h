@@ -121,6 +121,11 @@ class File {
   const TensorInfo& require(std::string_view name, const std::vector<int64_t>& shape) const;
   const void* data(const TensorInfo& t) const { return base_ + data_offset_ + t.offset; }
   uint64_t file_size() const { return size_; }
+  // Tells the OS this process no longer needs the pages lying wholly inside [p, p + bytes) (a
+  // range of the mapping), so they leave its resident set: for tensors the runtime has copied
+  // (repacked) and will not read again. Only a hint: a later read of those bytes still works,
+  // the pages are read again from the file.
+  void release(const void* p, uint64_t bytes) const;
 
  private:
   File() = default;

@@ -205,6 +205,7 @@ const Backend& avx2_backend() {
       simd::attend<Vec8>,
       simd::sum_exp<Vec8>,
       simd::silu<Vec8>,
+      {},
   };
   return backend;
 }

@@ -193,6 +193,7 @@ const Backend& neon_backend() {
       simd::attend<Vec4>,
       simd::sum_exp<Vec4>,
       simd::silu<Vec4>,
+      {},
   };
   return backend;
 }

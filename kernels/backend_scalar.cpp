@@ -148,6 +148,7 @@ const Backend& scalar_backend() {
       reference_attend,
       reference_sum_exp,
       reference_silu,
+      {},
   };
   return backend;
 }

@@ -8,6 +8,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 
 namespace octet::kernels {
 
@@ -24,6 +25,23 @@ constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
   std::fprintf(stderr, "octet::kernels::matmul: %s (wtype %s, K %lld, N %lld, ldy %lld)\n", what,
                dtype_name(t), (long long)K, (long long)N, (long long)ldy);
   std::abort();
+}
+
+// Rows n0..n1 of a row-major W against all M rows of X (quantized or f32, x_stride bytes apart).
+void row_major_rows(DotTileFn dot, DotBlockFn dot_block, const char* w_base, size_t w_stride, int64_t n0, int64_t n1,
+                    const char* x_base, size_t x_stride, int64_t M, int64_t K, float* Y, int64_t ldy) {
+  for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
+    const int rows = (int)std::min<int64_t>(kTileRows, M - m0);
+    const char* x_tile = x_base + m0 * x_stride;
+    float* y_tile = Y + m0 * ldy;
+    if (dot_block != nullptr) {
+      for (int64_t n = n0; n < n1; n += kWeightRows)
+        dot_block(w_base + n * w_stride, w_stride, (int)std::min<int64_t>(kWeightRows, n1 - n), x_tile, x_stride, rows, K,
+                  y_tile + n, ldy);
+    } else {
+      for (int64_t n = n0; n < n1; ++n) dot(w_base + n * w_stride, x_tile, x_stride, rows, K, y_tile + n, ldy);
+    }
+  }
 }
 
 }  // namespace
@@ -77,17 +95,66 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t n0 = c * chunk_rows, n1 = std::min(N, n0 + chunk_rows);
-      for (int64_t m0 = 0; m0 < M; m0 += kTileRows) {
-        const int rows = (int)std::min<int64_t>(kTileRows, M - m0);
-        const char* x_tile = x_base + m0 * x_stride;
-        float* y_tile = Y + m0 * ldy;
-        if (dot_block != nullptr) {
-          for (int64_t n = n0; n < n1; n += kWeightRows)
-            dot_block(w_base + n * w_stride, w_stride, (int)std::min<int64_t>(kWeightRows, n1 - n), x_tile, x_stride, rows,
-                      K, y_tile + n, ldy);
-        } else {
-          for (int64_t n = n0; n < n1; ++n) dot(w_base + n * w_stride, x_tile, x_stride, rows, K, y_tile + n, ldy);
+      row_major_rows(dot, dot_block, w_base, w_stride, n0, n1, x_base, x_stride, M, K, Y, ldy);
+    }
+  }
+}
+
+void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_t M, float* Y, int64_t ldy) {
+  const DType wtype = P.dtype;
+  const int64_t N = P.rows, K = P.cols;
+  if (M <= 0 || N <= 0) return;
+  if (ldy < N) bad_call("ldy < N", wtype, K, N, ldy);
+  const size_t w_stride = row_bytes(wtype, K);
+  if (w_stride == 0 || !packable(wtype)) bad_call("not a packed matrix", wtype, K, N, ldy);
+  const int64_t packed_rows = P.packed_rows();
+  if (packed_rows < N && W == nullptr) bad_call("rows beyond the packed groups and no row-major matrix", wtype, K, N, ldy);
+
+  const Backend& backend = active_backend();
+  const PackedTileFn fast = backend.packed_tile[(int)wtype];
+  const PackedTileFn tile = fast != nullptr ? fast : packed_reference_tile(wtype);
+  const int64_t nb = K / kBlockSize;
+
+  // Activation blocks and their offset corrections, per calling thread, as in matmul.
+  thread_local std::vector<BlockQ8A> act_scratch;
+  thread_local std::vector<int32_t> corr_scratch;
+  const size_t blocks = (size_t)M * (size_t)nb;
+  if (act_scratch.size() < blocks) act_scratch.resize(blocks);
+  if (corr_scratch.size() < blocks) corr_scratch.resize(blocks);
+  BlockQ8A* act = act_scratch.data();
+  int32_t* corr = corr_scratch.data();
+  const size_t x_stride = (size_t)nb * sizeof(BlockQ8A);
+
+  // Chunks of whole groups, sized like matmul's, then one chunk for the row-major tail rows.
+  const int64_t groups = P.groups;
+  const int64_t threads = omp_get_max_threads();
+  const int64_t groups_per_thread = std::max<int64_t>(1, (groups + threads - 1) / threads);
+  const int64_t chunk_groups = std::clamp<int64_t>((int64_t)(kChunkBytes / P.group_bytes), 1, groups_per_thread);
+  const int64_t group_chunks = (groups + chunk_groups - 1) / chunk_groups;
+  const int64_t chunks = group_chunks + (packed_rows < N ? 1 : 0);
+  const DotTileFn dot = backend.dot[(int)wtype];
+  const DotBlockFn dot_block = backend.dot_block[(int)wtype];
+  const char* w_base = static_cast<const char*>(W);
+
+#pragma omp parallel if (M * N * K >= kMinParallelMacs)
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      backend.quantize_act(X + m * K, act + m * nb, K);
+      packed_corrections(wtype, act + m * nb, nb, corr + m * nb);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (c < group_chunks) {
+        const int64_t g0 = c * chunk_groups, g1 = std::min(groups, g0 + chunk_groups);
+        for (int64_t m0 = 0; m0 < M; m0 += kPackedTileRows) {
+          const int rows = (int)std::min<int64_t>(kPackedTileRows, M - m0);
+          for (int64_t g = g0; g < g1; ++g)
+            tile(P.group(g), P.quant_offset, nb, act + m0 * nb, corr + m0 * nb, rows, Y + m0 * ldy + g * kPackRows, ldy);
         }
+      } else {
+        row_major_rows(dot, dot_block, w_base, w_stride, packed_rows, N, reinterpret_cast<const char*>(act), x_stride, M,
+                       K, Y, ldy);
       }
     }
   }

@@ -602,3 +602,172 @@ TEST_CASE("tile functions: rows 1..kTileRows give each row the bits of a one-row
     }
   }
 }
+
+// ---- Packed weights (kernels.h, PackedWeights) ------------------------------------------------
+
+namespace {
+
+constexpr DType kPackedTypes[] = {DType::Q8_0, DType::Q4_0};
+
+// matmul_packed on backend `name`, into a Y with row stride N + 3 whose padding must survive.
+std::vector<float> run_packed(const char* name, const PackedWeights& p, const std::vector<uint8_t>& w,
+                              const std::vector<float>& x, int64_t m) {
+  REQUIRE(force_backend(name));
+  const int64_t n = p.rows, ldy = n + 3;
+  std::vector<float> y(m * ldy, -12345.0f);
+  matmul_packed(p, w.data(), x.data(), m, y.data(), ldy);
+  std::vector<float> out(m * n);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t c = n; c < ldy; ++c) REQUIRE(y[r * ldy + c] == -12345.0f);
+    std::copy(y.begin() + r * ldy, y.begin() + r * ldy + n, out.begin() + r * n);
+  }
+  return out;
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+}  // namespace
+
+TEST_CASE("packed: which backends pack which types") {
+  BackendGuard guard;
+  REQUIRE(force_backend("scalar"));
+  for (DType t : kAllTypes) CHECK_FALSE(packing_pays(t));
+  CHECK(packable(DType::Q8_0));
+  CHECK(packable(DType::Q4_0));
+  CHECK_FALSE(packable(DType::Q4_1));
+  CHECK_FALSE(packable(DType::F16));
+  if (force_backend("avx512")) {
+    CHECK(packing_pays(DType::Q8_0));
+    CHECK(packing_pays(DType::Q4_0));
+    CHECK_FALSE(packing_pays(DType::Q4_1));
+    CHECK_FALSE(packing_pays(DType::F32));
+  }
+}
+
+TEST_CASE("packed: round trip, every packed row dequantizes to the original row") {
+  std::mt19937 rng(101);
+  for (DType t : kPackedTypes) {
+    for (int64_t k : {32, 96, 2048}) {
+      const int64_t n = 53;  // 3 groups and 5 rows left over
+      const std::vector<uint8_t> w = quantize(t, random_floats(rng, n * k), n, k);
+      const PackedWeights p = pack_weights(t, w.data(), n, k);
+      REQUIRE(p.groups == 3);
+      REQUIRE(p.packed_rows() == 48);
+      CHECK(reinterpret_cast<uintptr_t>(p.data.get()) % 64 == 0);
+      CHECK(p.group_bytes % 64 == 0);
+      const std::vector<float> want = dequantize(t, w, n, k);
+      std::vector<float> got(k);
+      for (int64_t r = 0; r < p.packed_rows(); ++r) {
+        dequantize_packed_row(p, r, got.data());
+        if (std::memcmp(got.data(), want.data() + r * k, k * sizeof(float)) != 0)
+          FAIL(std::string(dtype_name(t)) << " K=" << k << " row " << r << " differs after packing");
+      }
+    }
+    // Fewer rows than a group: nothing packed, all rows are the tail.
+    const std::vector<uint8_t> w = quantize(t, random_floats(rng, 7 * 64), 7, 64);
+    const PackedWeights p = pack_weights(t, w.data(), 7, 64);
+    CHECK(p.groups == 0);
+    CHECK(p.data == nullptr);
+  }
+}
+
+TEST_CASE("packed: the reference is close to a double matmul of the dequantized weights") {
+  // The reference computes per output acc = fma(float(s_b), dw_b * dx_b, acc) over the nb blocks,
+  // s_b the exact int32 block sum: one rounding of each scale product (relative eps/2 of that
+  // block's term) and one per fma (eps/2 of the running sum, which is at most sum_b |term_b|),
+  // so |error| <= (nb + 1) * eps/2 * sum_j |w_j x_j| (plus second-order terms, covered by using
+  // eps rather than eps/2). The weights are the dequantized ones and the activations the quantized
+  // ones, so the integer part adds no error. The tail rows (row-major kernels) must meet the same bound.
+  BackendGuard guard;
+  std::mt19937 rng(102);
+  for (DType t : kPackedTypes) {
+    for (int64_t k : {32, 64, 96, 1024, 4096}) {
+      const int64_t n = 37, m = 3;
+      const std::vector<uint8_t> w = quantize(t, random_floats(rng, n * k), n, k);
+      const std::vector<float> wd = dequantize(t, w, n, k);
+      const std::vector<float> x = random_floats(rng, m * k, 2.0f);
+      const std::vector<float> xq = quantized_activations(x, m, k);
+      const PackedWeights p = pack_weights(t, w.data(), n, k);
+      const std::vector<float> y = run_packed("scalar", p, w, x, m);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t c = 0; c < n; ++c) {
+          double exact = 0, abs_terms = 0;
+          for (int64_t i = 0; i < k; ++i) {
+            exact += (double)wd[c * k + i] * xq[r * k + i];
+            abs_terms += std::fabs((double)wd[c * k + i] * xq[r * k + i]);
+          }
+          const double tol = (double)(k / kBlockSize + 1) * FLT_EPSILON * abs_terms + 1e-30;
+          if (std::fabs(y[r * n + c] - exact) > tol)
+            FAIL(std::string(dtype_name(t)) << " K=" << k << " at (" << r << "," << c << "): " << y[r * n + c] << " vs "
+                                            << exact << " tol " << tol);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("packed: every backend gives the packed rows the reference's bits, and every M the bits of M = 1") {
+  // Packed rows: the reference's arithmetic exactly, on every backend (bit for bit). Rows past the
+  // last full group: the backend's row-major kernels, so the bits of plain matmul on that backend.
+  BackendGuard guard;
+  std::mt19937 rng(103);
+  for (DType t : kPackedTypes) {
+    for (int64_t k : {32, 64, 96, 160, 1024, 4096 + 32}) {
+      for (int64_t n : {5, 16, 37, 71}) {
+        const std::vector<uint8_t> w = quantize(t, random_floats(rng, n * k), n, k);
+        const PackedWeights p = pack_weights(t, w.data(), n, k);
+        for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 17}) {
+          const std::vector<float> x = random_floats(rng, m * k, 2.0f);
+          const std::vector<float> ref = run_packed("scalar", p, w, x, m);
+          for (const std::string& name : backends()) {
+            CAPTURE(name);
+            const std::vector<float> got = run_packed(name.c_str(), p, w, x, m);
+            const std::vector<float> plain = run_matmul(name.c_str(), t, w, n, k, x, m);
+            for (int64_t r = 0; r < m; ++r)
+              for (int64_t c = 0; c < n; ++c) {
+                const float want = c < p.packed_rows() ? ref[r * n + c] : plain[r * n + c];
+                if (!same_bits(got[r * n + c], want))
+                  FAIL(name << " " << std::string(dtype_name(t)) << " M=" << m << " N=" << n << " K=" << k << " at (" << r
+                            << "," << c << "): " << got[r * n + c] << " vs " << want);
+              }
+            // Each row alone (M = 1, the decode path) gives the bits it has in the batch.
+            for (int64_t r = 0; r < m; ++r) {
+              const std::vector<float> row(x.begin() + r * k, x.begin() + (r + 1) * k);
+              const std::vector<float> alone = run_packed(name.c_str(), p, w, row, 1);
+              for (int64_t c = 0; c < n; ++c)
+                if (!same_bits(got[r * n + c], alone[c]))
+                  FAIL(name << " " << std::string(dtype_name(t)) << " M=" << m << " N=" << n << " K=" << k << " row " << r
+                            << " col " << c << ": " << got[r * n + c] << " in the batch vs " << alone[c] << " alone");
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("packed: same result with 1 or 2 threads, no allocation once warm") {
+  BackendGuard guard;
+  std::mt19937 rng(104);
+  const int64_t m = 11, n = 16 * 40 + 3, k = 1024;  // enough work for both threads
+  const std::vector<float> x = random_floats(rng, m * k);
+  const std::vector<uint8_t> w = quantize(DType::Q4_0, random_floats(rng, n * k), n, k);
+  const PackedWeights p = pack_weights(DType::Q4_0, w.data(), n, k);
+  const int threads = omp_get_max_threads();
+  for (const std::string& name : backends()) {
+    omp_set_num_threads(1);
+    const std::vector<float> one = run_packed(name.c_str(), p, w, x, m);
+    omp_set_num_threads(2);
+    const std::vector<float> two = run_packed(name.c_str(), p, w, x, m);
+    CHECK(std::memcmp(one.data(), two.data(), one.size() * 4) == 0);
+  }
+  omp_set_num_threads(threads);
+  std::vector<float> y(m * n);
+  matmul_packed(p, w.data(), x.data(), m, y.data(), n);  // warm up
+  g_allocations = 0;
+  g_count_allocations = true;
+  matmul_packed(p, w.data(), x.data(), m, y.data(), n);
+  matmul_packed(p, w.data(), x.data(), 1, y.data(), n);
+  g_count_allocations = false;
+  CHECK(g_allocations == 0);
+}

@@ -186,7 +186,7 @@ TEST_CASE("embedding dequantizes one row, matmul is x W^T") {
   std::mt19937 rng(4);
   const int64_t rows = 5, cols = 64, m = 3;
   const std::vector<float> w = random_vector(rng, rows * cols, 1.0f), x = random_vector(rng, m * cols, 1.0f);
-  const ops::Matrix matrix{DType::F32, w.data(), rows, cols};
+  const ops::Matrix matrix{DType::F32, w.data(), rows, cols, nullptr};
   std::vector<float> row(cols);
   ops::embedding(matrix, 3, row.data());
   CHECK(std::equal(row.begin(), row.end(), w.begin() + 3 * cols));
@@ -200,6 +200,26 @@ TEST_CASE("embedding dequantizes one row, matmul is x W^T") {
       CHECK(y[i * (rows + 2) + r] == doctest::Approx(dot).epsilon(1e-5));
     }
     CHECK(y[i * (rows + 2) + rows] == -1.0f);
+  }
+}
+
+TEST_CASE("a packed matrix: embedding rows from the packed copy equal the stored rows") {
+  // 37 rows: two packed groups of 16 and 5 rows read from the original.
+  std::mt19937 rng(5);
+  const int64_t rows = 37, cols = 64;
+  const std::vector<float> w = random_vector(rng, rows * cols, 1.0f);
+  std::vector<uint8_t> stored(rows * kernels::row_bytes(DType::Q8_0, cols));
+  kernels::quantize_row(DType::Q8_0, w.data(), stored.data(), rows * cols);
+  ops::Matrix plain{DType::Q8_0, stored.data(), rows, cols, nullptr};
+  ops::Matrix packed = plain;
+  packed.packed = std::make_shared<kernels::PackedWeights>(kernels::pack_weights(DType::Q8_0, stored.data(), rows, cols));
+  REQUIRE(packed.packed->packed_rows() == 32);
+  std::vector<float> from_plain(cols), from_packed(cols);
+  for (int32_t id : {0, 15, 16, 31, 32, 36}) {
+    CAPTURE(id);
+    ops::embedding(plain, id, from_plain.data());
+    ops::embedding(packed, id, from_packed.data());
+    CHECK(from_plain == from_packed);
   }
 }
 
