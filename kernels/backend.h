@@ -40,14 +40,15 @@ using DotBlockFn = void (*)(const void* w, size_t w_stride, int wrows, const voi
 // 1 thread: Q8_0 280, Q4_0 288 GMAC/s at M = 512; 8 rows 271 / 278, 6 rows 283 / 284).
 constexpr int kPackedTileRows = 4;
 
-// For one packed group (scales at group, quants at group + quant_offset) of nb blocks and `rows`
-// (1..kPackedTileRows) activation rows, row r at x + r * nb blocks:
-//   y[r * ldy + i] = dot(weight row i of the group, activation row r),  i < kPackRows.
+// For n_groups consecutive packed groups (group g at group + g * group_bytes; its scales first,
+// its quants at quant_offset) of nb blocks and `rows` (1..kPackedTileRows) activation rows, row r
+// at x + r * nb blocks:
+//   y[r * ldy + g * kPackRows + i] = dot(weight row i of group g, activation row r),  i < kPackRows.
 // corr[r * nb + b] is the block's offset correction, -128 * sum(x.qs) for Q8_0 (whose weights
 // are stored + 128) and -8 * sum(x.qs) for Q4_0 (nibbles q = w + 8); a kernel may use it or
 // not. Every output must get exactly the bits of packed_reference for any `rows`.
-using PackedTileFn = void (*)(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x,
-                              const int32_t* corr, int rows, float* y, int64_t ldy);
+using PackedTileFn = void (*)(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset,
+                              int64_t nb, const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy);
 
 // A tile function of fixed height, and the DotTileFn that picks one per row count: each ISA
 // file writes its tiles as templates over the height and builds its table entries with this.

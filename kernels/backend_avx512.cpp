@@ -230,7 +230,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     __m512i w[8];  // w[c]: the bytes that multiply activation bytes 4c..4c+3
     if constexpr (T == DType::Q8_0) {
       for (int c = 0; c < 8; ++c) w[c] = _mm512_load_si512(q + 64 * c);
-    } else {
+    } else if constexpr (R > 1) {
       const __m512i mask = _mm512_set1_epi8(0x0f);
       for (int p = 0; p < 4; ++p) {
         const __m512i v = _mm512_load_si512(q + 64 * p);
@@ -243,7 +243,18 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     for (int r = 0; r < R; ++r) {
       const BlockQ8A& xb = x[r * nb + b];
       __m512i s;
-      if constexpr (R <= kSplitRows) {
+      if constexpr (T == DType::Q4_0 && R == 1) {
+        // GEMV: high nibbles masked in place (16 q) instead of shifted down; their exact int32 sum
+        // is a multiple of 16, shifted once per block. The same sum, 3 fewer ops per block.
+        const __m512i mask_low = _mm512_set1_epi8(0x0f), mask_high = _mm512_set1_epi8((char)0xf0);
+        __m512i lo = _mm512_set1_epi32(corr[r * nb + b]), hi = _mm512_setzero_si512();
+        for (int p = 0; p < 4; ++p) {
+          const __m512i v = _mm512_load_si512(q + 64 * p);
+          lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, mask_low), broadcast4(xb.qs + 4 * p));
+          hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(v, mask_high), broadcast4(xb.qs + 16 + 4 * p));
+        }
+        s = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
+      } else if constexpr (R <= kSplitRows) {
         __m512i s0 = _mm512_set1_epi32(corr[r * nb + b]), s1 = _mm512_setzero_si512();
         for (int c = 0; c < 8; c += 2) {
           s0 = _mm512_dpbusd_epi32(s0, w[c], broadcast4(xb.qs + 4 * c));
@@ -260,6 +271,56 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * ldy, acc[r]);
 }
 
+// GEMV (one activation row) against two groups at once: each activation broadcast serves 32
+// rows, and the four independent int32 chains keep the vpdpbusd units busy. Per lane the same
+// operations as packed_tile<T, 1> (exact int32 block sums, then convert, dw * dx, fma), so the same bits.
+template <DType T>
+void packed_gemv_pair(const uint8_t* group, size_t group_bytes, size_t quant_offset, int64_t nb, const BlockQ8A* x,
+                      const int32_t* corr, float* y) {
+  constexpr size_t kQb = T == DType::Q8_0 ? 512 : 256;
+  const uint8_t* groups[2] = {group, group + group_bytes};
+  __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  const __m512i mask_low = _mm512_set1_epi8(0x0f), mask_high = _mm512_set1_epi8((char)0xf0);
+  for (int64_t b = 0; b < nb; ++b) {
+    const BlockQ8A& xb = x[b];
+    __m512i s[2];
+    if constexpr (T == DType::Q8_0) {
+      __m512i even[2], odd[2];
+      for (int g = 0; g < 2; ++g) even[g] = _mm512_set1_epi32(corr[b]), odd[g] = _mm512_setzero_si512();
+      for (int c = 0; c < 8; c += 2) {
+        const __m512i x0 = broadcast4(xb.qs + 4 * c), x1 = broadcast4(xb.qs + 4 * c + 4);
+        for (int g = 0; g < 2; ++g) {
+          const uint8_t* q = groups[g] + quant_offset + b * kQb;
+          even[g] = _mm512_dpbusd_epi32(even[g], _mm512_load_si512(q + 64 * c), x0);
+          odd[g] = _mm512_dpbusd_epi32(odd[g], _mm512_load_si512(q + 64 * c + 64), x1);
+        }
+      }
+      for (int g = 0; g < 2; ++g) s[g] = _mm512_add_epi32(even[g], odd[g]);
+    } else {
+      // High nibbles masked in place (16 q): their exact sum is shifted down once per block.
+      __m512i lo[2], hi[2];
+      for (int g = 0; g < 2; ++g) lo[g] = _mm512_set1_epi32(corr[b]), hi[g] = _mm512_setzero_si512();
+      for (int p = 0; p < 4; ++p) {
+        const __m512i x_lo = broadcast4(xb.qs + 4 * p), x_hi = broadcast4(xb.qs + 16 + 4 * p);
+        for (int g = 0; g < 2; ++g) {
+          const __m512i v = _mm512_load_si512(groups[g] + quant_offset + b * kQb + 64 * p);
+          lo[g] = _mm512_dpbusd_epi32(lo[g], _mm512_and_si512(v, mask_low), x_lo);
+          hi[g] = _mm512_dpbusd_epi32(hi[g], _mm512_and_si512(v, mask_high), x_hi);
+        }
+      }
+      for (int g = 0; g < 2; ++g) s[g] = _mm512_add_epi32(lo[g], _mm512_srai_epi32(hi[g], 4));
+    }
+    const __m512 dx = _mm512_set1_ps(xb.d);
+    for (int g = 0; g < 2; ++g) {
+      const auto* scales = reinterpret_cast<const __m256i*>(groups[g]) + b;  // 16 halves per block
+      const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(scales));
+      acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g]), _mm512_mul_ps(dw, dx), acc[g]);
+    }
+  }
+  _mm512_storeu_ps(y, acc[0]);
+  _mm512_storeu_ps(y + kPackRows, acc[1]);
+}
+
 // packed_tile of every height 1..kPackedTileRows, indexed by rows - 1.
 template <DType T, size_t... I>
 constexpr auto tile_table(std::index_sequence<I...>) {
@@ -268,10 +329,15 @@ constexpr auto tile_table(std::index_sequence<I...>) {
 }
 
 template <DType T>
-void packed_rows(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
-                 int rows, float* y, int64_t ldy) {
+void packed_rows(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
+                 const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy) {
   static constexpr auto kTiles = tile_table<T>(std::make_index_sequence<kPackedTileRows>());
-  kTiles[rows - 1](group, quant_offset, nb, x, corr, y, ldy);
+  int64_t g = 0;
+  if (rows == 1)
+    for (; g + 2 <= n_groups; g += 2)
+      packed_gemv_pair<T>(group + g * group_bytes, group_bytes, quant_offset, nb, x, corr, y + g * kPackRows);
+  for (; g < n_groups; ++g)
+    kTiles[rows - 1](group + g * group_bytes, quant_offset, nb, x, corr, y + g * kPackRows, ldy);
 }
 
 

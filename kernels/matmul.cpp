@@ -149,8 +149,8 @@ void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_
         const int64_t g0 = c * chunk_groups, g1 = std::min(groups, g0 + chunk_groups);
         for (int64_t m0 = 0; m0 < M; m0 += kPackedTileRows) {
           const int rows = (int)std::min<int64_t>(kPackedTileRows, M - m0);
-          for (int64_t g = g0; g < g1; ++g)
-            tile(P.group(g), P.quant_offset, nb, act + m0 * nb, corr + m0 * nb, rows, Y + m0 * ldy + g * kPackRows, ldy);
+          tile(P.group(g0), P.group_bytes, g1 - g0, P.quant_offset, nb, act + m0 * nb, corr + m0 * nb, rows,
+               Y + m0 * ldy + g0 * kPackRows, ldy);
         }
       } else {
         row_major_rows(dot, dot_block, w_base, w_stride, packed_rows, N, reinterpret_cast<const char*>(act), x_stride, M,

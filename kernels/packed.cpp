@@ -23,8 +23,8 @@ size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 size_t quant_block_bytes(DType t) { return t == DType::Q8_0 ? kPackRows * kBlockSize : kPackRows * kBlockSize / 2; }
 
 template <DType T>
-void reference_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* /*corr*/,
-                    int rows, float* y, int64_t ldy) {
+void reference_group(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, int rows, float* y,
+                     int64_t ldy) {
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(group);
   const uint8_t* quants = group + quant_offset;
   const size_t qb = quant_block_bytes(T);
@@ -51,6 +51,13 @@ void reference_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const
       y[r * ldy + i] = acc;
     }
   }
+}
+
+template <DType T>
+void reference_tile(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
+                    const BlockQ8A* x, const int32_t* /*corr*/, int rows, float* y, int64_t ldy) {
+  for (int64_t g = 0; g < n_groups; ++g)
+    reference_group<T>(group + g * group_bytes, quant_offset, nb, x, rows, y + g * kPackRows, ldy);
 }
 
 }  // namespace
