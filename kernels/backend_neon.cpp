@@ -153,6 +153,77 @@ void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float*
   }
 }
 
+// ---- Packed weights (kernels.h, PackedWeights). A 64-byte chunk of a group is four 128-bit
+// vectors of 4 rows x 4 bytes, so one sdot by lane (vdotq_laneq_s32: the 4 activation bytes
+// picked from a vector of 16) adds 4 products into each of 4 rows: 4 int32x4 accumulators hold
+// the group's 16 outputs. Q8_0 bytes are stored + 128, so xor 0x80 gives the signed weight; Q4_0
+// nibbles (0..15) fit s8 and the block's correction (-8 sum x) removes the offset. The int32 sums
+// are exact and the float steps are the reference's (convert, dw * dx, fused multiply-add in
+// block order), so the bits are the reference's.
+template <DType T, int R>
+void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
+                 float* y, int64_t ldy) {
+  constexpr size_t kQb = T == DType::Q8_0 ? 512 : 256;
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(group);
+  const uint8_t* quants = group + quant_offset;
+  float32x4_t acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = vdupq_n_f32(0.0f);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = quants + b * kQb;
+    int32x4_t s[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < 4; ++j) s[r][j] = vdupq_n_s32(T == DType::Q8_0 ? 0 : corr[r * nb + b]);
+    int8x16_t xv[R][2];
+    for (int r = 0; r < R; ++r) xv[r][0] = vld1q_s8(x[r * nb + b].qs), xv[r][1] = vld1q_s8(x[r * nb + b].qs + 16);
+    // Chunk c (Q8_0) or half-vector (Q4_0) multiplies activation bytes 4c..4c+3: vector c / 4, lane c % 4.
+    for (int c = 0; c < 8; ++c) {
+      int8x16_t w[4];
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (T == DType::Q8_0) {
+          w[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q + 64 * c + 16 * j), vdupq_n_u8(0x80)));
+        } else {
+          const uint8x16_t v = vld1q_u8(q + 64 * (c % 4) + 16 * j);
+          w[j] = vreinterpretq_s8_u8(c < 4 ? vandq_u8(v, vdupq_n_u8(0x0f)) : vshrq_n_u8(v, 4));
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const int8x16_t xs = xv[r][c / 4];
+        for (int j = 0; j < 4; ++j) {
+          switch (c % 4) {
+            case 0: s[r][j] = vdotq_laneq_s32(s[r][j], w[j], xs, 0); break;
+            case 1: s[r][j] = vdotq_laneq_s32(s[r][j], w[j], xs, 1); break;
+            case 2: s[r][j] = vdotq_laneq_s32(s[r][j], w[j], xs, 2); break;
+            default: s[r][j] = vdotq_laneq_s32(s[r][j], w[j], xs, 3); break;
+          }
+        }
+      }
+    }
+    float32x4_t dw[4];
+    for (int j = 0; j < 4; ++j) dw[j] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(scales + b * kPackRows + 4 * j)));
+    for (int r = 0; r < R; ++r) {
+      const float32x4_t dx = vdupq_n_f32(x[r * nb + b].d);
+      for (int j = 0; j < 4; ++j) acc[r][j] = vfmaq_f32(acc[r][j], vcvtq_f32_s32(s[r][j]), vmulq_f32(dw[j], dx));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) vst1q_f32(y + r * ldy + 4 * j, acc[r][j]);
+}
+
+template <DType T>
+void packed_rows(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
+                 const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy) {
+  static_assert(kPackedTileRows == 4);
+  for (int64_t g = 0; g < n_groups; ++g, group += group_bytes, y += kPackRows) {
+    switch (rows) {
+      case 1: packed_tile<T, 1>(group, quant_offset, nb, x, corr, y, ldy); break;
+      case 2: packed_tile<T, 2>(group, quant_offset, nb, x, corr, y, ldy); break;
+      case 3: packed_tile<T, 3>(group, quant_offset, nb, x, corr, y, ldy); break;
+      default: packed_tile<T, 4>(group, quant_offset, nb, x, corr, y, ldy); break;
+    }
+  }
+}
+
 struct Vec4 {
   using T = float32x4_t;
   static constexpr int kWidth = 4;
@@ -193,7 +264,7 @@ const Backend& neon_backend() {
       simd::attend<Vec4>,
       simd::sum_exp<Vec4>,
       simd::silu<Vec4>,
-      {},
+      {nullptr, nullptr, packed_rows<DType::Q8_0>, packed_rows<DType::Q4_0>, nullptr},
   };
   return backend;
 }

@@ -636,7 +636,8 @@ TEST_CASE("packed: which backends pack which types") {
   CHECK(packable(DType::Q4_0));
   CHECK_FALSE(packable(DType::Q4_1));
   CHECK_FALSE(packable(DType::F16));
-  if (force_backend("avx512")) {
+  for (const char* fast : {"avx512", "neon"}) {
+    if (!force_backend(fast)) continue;
     CHECK(packing_pays(DType::Q8_0));
     CHECK(packing_pays(DType::Q4_0));
     CHECK_FALSE(packing_pays(DType::Q4_1));
