@@ -194,9 +194,8 @@ void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float*
   }
 }
 
-// ---- Packed weights
-// Packed weights (kernels.h, PackedWeights). The 16 int32 lanes of a
-// vector are the 16 weight rows of a group, so per block and activation row the work is: one
+// ---- Packed weights (kernels.h, PackedWeights). The 16 int32 lanes of a vector are the 16
+// weight rows of a group, so per block and activation row the work is: one
 // broadcast of the block's offset correction, 8 vpdpbusd (u8 weights x a broadcast 4-byte group
 // of s8 activations), one convert, one multiply (16 weight scales x the activation scale) and one
 // fma; a tile's 16 outputs per activation row leave with one store, no horizontal sums.
@@ -213,10 +212,10 @@ inline __m512i broadcast4(const int8_t* p) {
 // TinyLlama layer: splitting R = 4 too, or tiles of 6 or 8 rows, were no faster (within noise).
 constexpr int kSplitRows = 2;
 
-// R activation rows against one group. Q8_0: the 8 weight chunks of a block are loaded once and
-// reused by every row. Q4_0: the 4 vectors are split into low (elements 4p..) and high (16+4p..)
-// nibbles. For R <= kSplitRows each row's block sum runs as two interleaved chains (even / odd chunks),
-// added at the end: integer, so the same value as one chain, and half the latency (GEMV).
+// R >= 2 activation rows against one group (one row is packed_gemv's). Q8_0: the 8 weight chunks
+// of a block are loaded once and reused by every row. Q4_0: the 4 vectors are split into low
+// (elements 4p..) and high (16+4p..) nibbles. For R <= kSplitRows each row's block sum runs as two
+// interleaved chains (even / odd chunks), added at the end: integer, so the same value as one chain.
 template <DType T, int R>
 void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
                  float* y, int64_t ldy) {
@@ -230,7 +229,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     __m512i w[8];  // w[c]: the bytes that multiply activation bytes 4c..4c+3
     if constexpr (T == DType::Q8_0) {
       for (int c = 0; c < 8; ++c) w[c] = _mm512_load_si512(q + 64 * c);
-    } else if constexpr (R > 1) {
+    } else {
       const __m512i mask = _mm512_set1_epi8(0x0f);
       for (int p = 0; p < 4; ++p) {
         const __m512i v = _mm512_load_si512(q + 64 * p);
@@ -243,18 +242,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     for (int r = 0; r < R; ++r) {
       const BlockQ8A& xb = x[r * nb + b];
       __m512i s;
-      if constexpr (T == DType::Q4_0 && R == 1) {
-        // GEMV: high nibbles masked in place (16 q) instead of shifted down; their exact int32 sum
-        // is a multiple of 16, shifted once per block. The same sum, 3 fewer ops per block.
-        const __m512i mask_low = _mm512_set1_epi8(0x0f), mask_high = _mm512_set1_epi8((char)0xf0);
-        __m512i lo = _mm512_set1_epi32(corr[r * nb + b]), hi = _mm512_setzero_si512();
-        for (int p = 0; p < 4; ++p) {
-          const __m512i v = _mm512_load_si512(q + 64 * p);
-          lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, mask_low), broadcast4(xb.qs + 4 * p));
-          hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(v, mask_high), broadcast4(xb.qs + 16 + 4 * p));
-        }
-        s = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
-      } else if constexpr (R <= kSplitRows) {
+      if constexpr (R <= kSplitRows) {
         __m512i s0 = _mm512_set1_epi32(corr[r * nb + b]), s1 = _mm512_setzero_si512();
         for (int c = 0; c < 8; c += 2) {
           s0 = _mm512_dpbusd_epi32(s0, w[c], broadcast4(xb.qs + 4 * c));
@@ -271,73 +259,77 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * ldy, acc[r]);
 }
 
-// GEMV (one activation row) against two groups at once: each activation broadcast serves 32
-// rows, and the four independent int32 chains keep the vpdpbusd units busy. Per lane the same
-// operations as packed_tile<T, 1> (exact int32 block sums, then convert, dw * dx, fma), so the same bits.
-template <DType T>
-void packed_gemv_pair(const uint8_t* group, size_t group_bytes, size_t quant_offset, int64_t nb, const BlockQ8A* x,
-                      const int32_t* corr, float* y) {
+// GEMV (one activation row) against G (1 or 2) groups at once: each activation broadcast serves
+// 16 G rows, and 2 G independent int32 chains keep the vpdpbusd units busy. Q4_0's high nibbles
+// are masked in place (16 q) instead of shifted down: their exact int32 sum, a multiple of 16, is
+// shifted once per block. Per lane the operations of packed_tile (exact int32 block sums, then
+// convert, dw * dx, fma), so the reference's bits.
+template <DType T, int G>
+void packed_gemv(const uint8_t* group, size_t group_bytes, size_t quant_offset, int64_t nb, const BlockQ8A* x,
+                 const int32_t* corr, float* y) {
   constexpr size_t kQb = T == DType::Q8_0 ? 512 : 256;
-  const uint8_t* groups[2] = {group, group + group_bytes};
-  __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  const uint8_t* groups[G];
+  __m512 acc[G];
+  for (int g = 0; g < G; ++g) groups[g] = group + g * group_bytes, acc[g] = _mm512_setzero_ps();
   const __m512i mask_low = _mm512_set1_epi8(0x0f), mask_high = _mm512_set1_epi8((char)0xf0);
   for (int64_t b = 0; b < nb; ++b) {
     const BlockQ8A& xb = x[b];
-    __m512i s[2];
+    __m512i s[G];
     if constexpr (T == DType::Q8_0) {
-      __m512i even[2], odd[2];
-      for (int g = 0; g < 2; ++g) even[g] = _mm512_set1_epi32(corr[b]), odd[g] = _mm512_setzero_si512();
+      __m512i even[G], odd[G];
+      for (int g = 0; g < G; ++g) even[g] = _mm512_set1_epi32(corr[b]), odd[g] = _mm512_setzero_si512();
       for (int c = 0; c < 8; c += 2) {
         const __m512i x0 = broadcast4(xb.qs + 4 * c), x1 = broadcast4(xb.qs + 4 * c + 4);
-        for (int g = 0; g < 2; ++g) {
+        for (int g = 0; g < G; ++g) {
           const uint8_t* q = groups[g] + quant_offset + b * kQb;
           even[g] = _mm512_dpbusd_epi32(even[g], _mm512_load_si512(q + 64 * c), x0);
           odd[g] = _mm512_dpbusd_epi32(odd[g], _mm512_load_si512(q + 64 * c + 64), x1);
         }
       }
-      for (int g = 0; g < 2; ++g) s[g] = _mm512_add_epi32(even[g], odd[g]);
+      for (int g = 0; g < G; ++g) s[g] = _mm512_add_epi32(even[g], odd[g]);
     } else {
-      // High nibbles masked in place (16 q): their exact sum is shifted down once per block.
-      __m512i lo[2], hi[2];
-      for (int g = 0; g < 2; ++g) lo[g] = _mm512_set1_epi32(corr[b]), hi[g] = _mm512_setzero_si512();
+      __m512i lo[G], hi[G];
+      for (int g = 0; g < G; ++g) lo[g] = _mm512_set1_epi32(corr[b]), hi[g] = _mm512_setzero_si512();
       for (int p = 0; p < 4; ++p) {
         const __m512i x_lo = broadcast4(xb.qs + 4 * p), x_hi = broadcast4(xb.qs + 16 + 4 * p);
-        for (int g = 0; g < 2; ++g) {
+        for (int g = 0; g < G; ++g) {
           const __m512i v = _mm512_load_si512(groups[g] + quant_offset + b * kQb + 64 * p);
           lo[g] = _mm512_dpbusd_epi32(lo[g], _mm512_and_si512(v, mask_low), x_lo);
           hi[g] = _mm512_dpbusd_epi32(hi[g], _mm512_and_si512(v, mask_high), x_hi);
         }
       }
-      for (int g = 0; g < 2; ++g) s[g] = _mm512_add_epi32(lo[g], _mm512_srai_epi32(hi[g], 4));
+      for (int g = 0; g < G; ++g) s[g] = _mm512_add_epi32(lo[g], _mm512_srai_epi32(hi[g], 4));
     }
     const __m512 dx = _mm512_set1_ps(xb.d);
-    for (int g = 0; g < 2; ++g) {
+    for (int g = 0; g < G; ++g) {
       const auto* scales = reinterpret_cast<const __m256i*>(groups[g]) + b;  // 16 halves per block
       const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(scales));
       acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g]), _mm512_mul_ps(dw, dx), acc[g]);
     }
   }
-  _mm512_storeu_ps(y, acc[0]);
-  _mm512_storeu_ps(y + kPackRows, acc[1]);
+  for (int g = 0; g < G; ++g) _mm512_storeu_ps(y + g * kPackRows, acc[g]);
 }
 
-// packed_tile of every height 1..kPackedTileRows, indexed by rows - 1.
+// packed_tile of every height 2..kPackedTileRows, indexed by rows - 2.
 template <DType T, size_t... I>
 constexpr auto tile_table(std::index_sequence<I...>) {
   using Fn = void (*)(const uint8_t*, size_t, int64_t, const BlockQ8A*, const int32_t*, float*, int64_t);
-  return std::array<Fn, sizeof...(I)>{packed_tile<T, (int)I + 1>...};
+  return std::array<Fn, sizeof...(I)>{packed_tile<T, (int)I + 2>...};
 }
 
 template <DType T>
 void packed_rows(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
                  const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy) {
-  static constexpr auto kTiles = tile_table<T>(std::make_index_sequence<kPackedTileRows>());
+  static constexpr auto kTiles = tile_table<T>(std::make_index_sequence<kPackedTileRows - 1>());
   int64_t g = 0;
-  if (rows == 1)
+  if (rows == 1) {
     for (; g + 2 <= n_groups; g += 2)
-      packed_gemv_pair<T>(group + g * group_bytes, group_bytes, quant_offset, nb, x, corr, y + g * kPackRows);
+      packed_gemv<T, 2>(group + g * group_bytes, group_bytes, quant_offset, nb, x, corr, y + g * kPackRows);
+    if (g < n_groups) packed_gemv<T, 1>(group + g * group_bytes, group_bytes, quant_offset, nb, x, corr, y + g * kPackRows);
+    return;
+  }
   for (; g < n_groups; ++g)
-    kTiles[rows - 1](group + g * group_bytes, quant_offset, nb, x, corr, y + g * kPackRows, ldy);
+    kTiles[rows - 2](group + g * group_bytes, quant_offset, nb, x, corr, y + g * kPackRows, ldy);
 }
 
 

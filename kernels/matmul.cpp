@@ -27,6 +27,23 @@ constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
   std::abort();
 }
 
+// n elements of scratch owned by the calling thread, which only ever grows (no allocation once
+// warm). Call it outside the parallel region: inside, each worker would get its own empty buffer.
+template <typename T>
+T* calling_thread_scratch(size_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// Weight units (rows, or packed groups) per work chunk: about kChunkBytes, at least one, and no
+// more than a thread's share, so every thread gets work.
+int64_t units_per_chunk(size_t unit_bytes, int64_t units) {
+  const int64_t threads = omp_get_max_threads();
+  const int64_t share = std::max<int64_t>(1, (units + threads - 1) / threads);
+  return std::clamp<int64_t>((int64_t)(kChunkBytes / unit_bytes), 1, share);
+}
+
 // Rows n0..n1 of a row-major W against all M rows of X (quantized or f32, x_stride bytes apart).
 void row_major_rows(DotTileFn dot, DotBlockFn dot_block, const char* w_base, size_t w_stride, int64_t n0, int64_t n1,
                     const char* x_base, size_t x_stride, int64_t M, int64_t K, float* Y, int64_t ldy) {
@@ -62,24 +79,17 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
   const DotBlockFn dot_block = backend.dot_block[(int)wtype];
   const bool quantized = is_quantized(wtype);
 
-  // Quantized weights take X as int8 blocks, made once per call in a buffer owned by the calling
-  // thread, which only ever grows. The pointer is taken here: inside the parallel region the name
-  // would denote each worker's own (empty) thread_local buffer.
-  thread_local std::vector<BlockQ8A> act_scratch;
+  // Quantized weights take X as int8 blocks, made once per call.
   const char* x_base = reinterpret_cast<const char*>(X);
   size_t x_stride = (size_t)K * sizeof(float);
   BlockQ8A* act = nullptr;
   if (quantized) {
-    const size_t blocks = (size_t)M * (size_t)(K / kBlockSize);
-    if (act_scratch.size() < blocks) act_scratch.resize(blocks);
-    act = act_scratch.data();
+    act = calling_thread_scratch<BlockQ8A>((size_t)M * (size_t)(K / kBlockSize));
     x_base = reinterpret_cast<const char*>(act);
     x_stride = (size_t)(K / kBlockSize) * sizeof(BlockQ8A);
   }
 
-  const int64_t threads = omp_get_max_threads();
-  const int64_t rows_per_thread = (N + threads - 1) / threads;
-  int64_t chunk_rows = std::clamp<int64_t>((int64_t)(kChunkBytes / w_stride), 1, rows_per_thread);
+  int64_t chunk_rows = units_per_chunk(w_stride, N);
   if (chunk_rows > kWeightRows) chunk_rows -= chunk_rows % kWeightRows;  // whole register blocks
   const int64_t chunks = (N + chunk_rows - 1) / chunk_rows;
   const char* w_base = static_cast<const char*>(W);
@@ -115,21 +125,14 @@ void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_
   const PackedTileFn tile = fast != nullptr ? fast : packed_reference_tile(wtype);
   const int64_t nb = K / kBlockSize;
 
-  // Activation blocks and their offset corrections, per calling thread, as in matmul.
-  thread_local std::vector<BlockQ8A> act_scratch;
-  thread_local std::vector<int32_t> corr_scratch;
-  const size_t blocks = (size_t)M * (size_t)nb;
-  if (act_scratch.size() < blocks) act_scratch.resize(blocks);
-  if (corr_scratch.size() < blocks) corr_scratch.resize(blocks);
-  BlockQ8A* act = act_scratch.data();
-  int32_t* corr = corr_scratch.data();
+  // Activation blocks and their offset corrections, as in matmul.
+  BlockQ8A* act = calling_thread_scratch<BlockQ8A>((size_t)M * (size_t)nb);
+  int32_t* corr = calling_thread_scratch<int32_t>((size_t)M * (size_t)nb);
   const size_t x_stride = (size_t)nb * sizeof(BlockQ8A);
 
   // Chunks of whole groups, sized like matmul's, then one chunk for the row-major tail rows.
   const int64_t groups = P.groups;
-  const int64_t threads = omp_get_max_threads();
-  const int64_t groups_per_thread = std::max<int64_t>(1, (groups + threads - 1) / threads);
-  const int64_t chunk_groups = std::clamp<int64_t>((int64_t)(kChunkBytes / P.group_bytes), 1, groups_per_thread);
+  const int64_t chunk_groups = units_per_chunk(P.group_bytes, groups);
   const int64_t group_chunks = (groups + chunk_groups - 1) / chunk_groups;
   const int64_t chunks = group_chunks + (packed_rows < N ? 1 : 0);
   const DotTileFn dot = backend.dot[(int)wtype];

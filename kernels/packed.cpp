@@ -115,7 +115,7 @@ void pack_groups(PackedWeights& P, const void* W, int64_t g0, int64_t g1) {
   const int64_t nb = P.cols / kBlockSize;
   const uint8_t* src = static_cast<const uint8_t*>(W);
   uint8_t* dst = P.data.get();
-  const size_t qb = quant_block_bytes(t);
+  const size_t qb = quant_block_bytes(t), block_bytes = row_bytes(t, kBlockSize);
   // Block by block, 16 rows each: the writes go out in order, 4 bytes at a time. On one thread:
   // the time goes mostly to first-touch page faults of the new buffer, which a second thread does
   // not speed up (measured on the 2-core VM: a TinyLlama Q8_0 load took 0.85 s on one thread and
@@ -129,7 +129,7 @@ void pack_groups(PackedWeights& P, const void* W, int64_t g0, int64_t g1) {
     for (int64_t b = 0; b < nb; ++b) {
       uint8_t* q = quants + b * qb;
       for (int i = 0; i < kPackRows; ++i) {
-        const uint8_t* blk = rows + i * w_stride + b * (t == DType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0));
+        const uint8_t* blk = rows + i * w_stride + b * block_bytes;
         std::memcpy(&scales[b * kPackRows + i], blk, sizeof(uint16_t));
         const uint8_t* qs = blk + sizeof(uint16_t);
         if (t == DType::Q8_0) {
