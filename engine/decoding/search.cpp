@@ -79,47 +79,20 @@ template <class F>
 
 inline Floats broadcast(float value) { return Floats{value, value, value, value}; }
 
-// The largest of x[0, n), NaN ignored; `nan` tells whether there was one.
-float row_max(const float* x, int32_t n, bool& nan) {
-  Floats m0 = broadcast(kNegInf), m1 = m0, m2 = m0, m3 = m0;
-  Ints nans{};
-  int32_t i = 0;
-  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
-    const Floats v0 = load<Floats>(x + i), v1 = load<Floats>(x + i + kLanes), v2 = load<Floats>(x + i + 2 * kLanes),
-                 v3 = load<Floats>(x + i + 3 * kLanes);
-    m0 = v0 > m0 ? v0 : m0;
-    m1 = v1 > m1 ? v1 : m1;
-    m2 = v2 > m2 ? v2 : m2;
-    m3 = v3 > m3 ? v3 : m3;
-    nans |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
-  }
-  m0 = m1 > m0 ? m1 : m0;
-  m2 = m3 > m2 ? m3 : m2;
-  m0 = m2 > m0 ? m2 : m0;
-  float m = kNegInf;
-  bool any = false;
-  for (int32_t k = 0; k < kLanes; ++k) {
-    m = m0[k] > m ? m0[k] : m;
-    any = any || nans[k] != 0;
-  }
-  for (; i < n; ++i) {
-    m = x[i] > m ? x[i] : m;
-    any = any || x[i] != x[i];
-  }
-  nan = any;
-  return m;
-}
-
-// x += bias, then row_max of the result: one pass.
-float add_bias_row_max(float* x, const float* bias, int32_t n, bool& nan) {
+// The largest of x[0, n), NaN ignored; `nan` tells whether there was one. With a bias, x += bias
+// first, in the same pass.
+float row_max(float* x, const float* bias, int32_t n, bool& nan) {
   Floats m0 = broadcast(kNegInf), m1 = m0;
   Ints nans{};
   int32_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    const Floats v0 = load<Floats>(x + i) + load<Floats>(bias + i);
-    const Floats v1 = load<Floats>(x + i + kLanes) + load<Floats>(bias + i + kLanes);
-    __builtin_memcpy(x + i, &v0, sizeof v0);
-    __builtin_memcpy(x + i + kLanes, &v1, sizeof v1);
+    Floats v0 = load<Floats>(x + i), v1 = load<Floats>(x + i + kLanes);
+    if (bias) {
+      v0 += load<Floats>(bias + i);
+      v1 += load<Floats>(bias + i + kLanes);
+      __builtin_memcpy(x + i, &v0, sizeof v0);
+      __builtin_memcpy(x + i + kLanes, &v1, sizeof v1);
+    }
     m0 = v0 > m0 ? v0 : m0;
     m1 = v1 > m1 ? v1 : m1;
     nans |= (v0 != v0) | (v1 != v1);
@@ -132,7 +105,7 @@ float add_bias_row_max(float* x, const float* bias, int32_t n, bool& nan) {
     any = any || nans[k] != 0;
   }
   for (; i < n; ++i) {
-    x[i] += bias[i];
+    if (bias) x[i] += bias[i];
     m = x[i] > m ? x[i] : m;
     any = any || x[i] != x[i];
   }
@@ -151,7 +124,7 @@ struct Shift {
 // in place. A row all -inf stays as it is.
 Shift log_softmax_shift(float* x, int32_t n, const float* bias = nullptr) {
   bool nan;
-  const float max = bias ? add_bias_row_max(x, bias, n, nan) : row_max(x, n, nan);
+  const float max = row_max(x, bias, n, nan);
   if (nan)
     for (int32_t i = 0; i < n; ++i)
       if (std::isnan(x[i])) x[i] = kNegInf;
@@ -495,7 +468,7 @@ class Search {
       if (sampler_) continue;
       // The first of equal maxima (std::max_element), then its log_softmax.
       bool nan;
-      const float max = row_max(x, vocab_, nan);
+      const float max = row_max(x, nullptr, vocab_, nan);
       if (nan) {
         const int32_t token = static_cast<int32_t>(std::max_element(x, x + vocab_) - x);
         log_softmax(x, vocab_);
