@@ -231,43 +231,6 @@ void project(const Matrix& w, const float* bias, const float* in, int64_t n, flo
   if (bias) ops::add_bias(out, bias, n, w.rows);
 }
 
-using Floats4 = float __attribute__((vector_size(16)));
-using Ints4 = int32_t __attribute__((vector_size(16)));
-
-// sum of f(x[i]) over d floats in 16 float partial sums (4 vectors of 4), then the tail.
-template <class F>
-[[gnu::always_inline]] inline float sum_lanes(const float* x, int64_t d, F&& f) {
-  Floats4 s[4] = {};
-  int64_t i = 0;
-  for (; i + 16 <= d; i += 16) {
-    for (int k = 0; k < 4; ++k) {
-      Floats4 v;
-      __builtin_memcpy(&v, x + i + 4 * k, sizeof v);
-      s[k] += f(v);
-    }
-  }
-  const Floats4 t = (s[0] + s[1]) + (s[2] + s[3]);
-  float sum = (t[0] + t[1]) + (t[2] + t[3]);
-  for (; i < d; ++i) sum += f(x[i]);
-  return sum;
-}
-
-// out = layernorm(x) for one row of d, as ops::layernorm (two passes, the biased variance)
-// with its sums vectorized.
-void layernorm_row(const float* x, const float* weight, const float* bias, float* out, int64_t d, float eps) {
-  const float mean = sum_lanes(x, d, [](auto v) { return v; }) / d;
-  const float sum_squares = sum_lanes(x, d, [mean](auto v) { return (v - mean) * (v - mean); });
-  const float inv_std = 1.0f / std::sqrt(sum_squares / d + eps);
-  for (int64_t i = 0; i < d; ++i) out[i] = (x[i] - mean) * inv_std * weight[i] + bias[i];
-}
-
-// out = layernorm(x) for n rows of d, in one parallel region.
-void layernorm_rows(const float* x, const float* weight, const float* bias, float* out, int64_t n, int64_t d,
-                    float eps) {
-#pragma omp parallel for if (n > 1 && n * d >= kParallelElements)
-  for (int64_t r = 0; r < n; ++r) layernorm_row(x + r * d, weight, bias, out + r * d, d, eps);
-}
-
 // x = x + f(norm(x)) (pre-norm) or x = norm(x + f(x)) (post-norm) for n rows of d; f(in, out)
 // reads n rows of `in` and writes n rows of `out` without its last projection's bias, which is
 // added here (out_bias, null for none) with the residual and the norm in one pass over each row.
@@ -275,7 +238,7 @@ void layernorm_rows(const float* x, const float* weight, const float* bias, floa
 template <class Sublayer>
 void residual_block(bool pre_norm, const float* norm_weight, const float* norm_bias, float eps, const float* out_bias,
                     float* x, float* h, float* out, int64_t n, int64_t d, Sublayer&& sublayer) {
-  if (pre_norm) layernorm_rows(x, norm_weight, norm_bias, h, n, d, eps);
+  if (pre_norm) ops::layernorm(x, norm_weight, norm_bias, h, n, d, eps);
   sublayer(pre_norm ? h : x, out);
 #pragma omp parallel for if (n > 1 && n * d >= kParallelElements)
   for (int64_t r = 0; r < n; ++r) {
@@ -287,7 +250,7 @@ void residual_block(bool pre_norm, const float* norm_weight, const float* norm_b
     } else {
       for (int64_t j = 0; j < d; ++j) row[j] += o[j];
     }
-    if (!pre_norm) layernorm_row(row, norm_weight, norm_bias, row, d, eps);
+    if (!pre_norm) ops::layernorm_row(row, norm_weight, norm_bias, row, d, eps);
   }
 }
 
@@ -349,7 +312,7 @@ void EncDecState::embed(const Matrix& table, const Matrix& positions, const EncD
     ops::embedding(positions, positions_of[i], position);
     for (int64_t j = 0; j < d; ++j) row[j] = row[j] * c.embedding_scale + position[j];
   }
-  if (norm.weight) layernorm_rows(x, norm.weight, norm.bias, x, n, d, c.norm_eps);
+  if (norm.weight) ops::layernorm(x, norm.weight, norm.bias, x, n, d, c.norm_eps);
 }
 
 // The feed-forward sublayer without the down projection's bias (residual_block adds it).
@@ -424,7 +387,7 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
     residual_block(c.pre_norm, w.norm_weight, w.norm_bias, c.norm_eps, w.down_bias, x, h_.data(), o_.data(), n, d,
                    [&](const float* in, float* out) { feed_forward(w, in, n, out); });
   }
-  if (m.encoder_norm.weight) layernorm_rows(x, m.encoder_norm.weight, m.encoder_norm.bias, x, n, d, c.norm_eps);
+  if (m.encoder_norm.weight) ops::layernorm(x, m.encoder_norm.weight, m.encoder_norm.bias, x, n, d, c.norm_eps);
   encoder_out_.assign(x, x + n * d);
 
   // Cross-attention keys and values: once per source batch, shared by every beam of a sentence.
@@ -553,7 +516,7 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
     residual_block(c.pre_norm, w.norm_weight, w.norm_bias, c.norm_eps, w.down_bias, x, h_.data(), o_.data(), n, d,
                    [&](const float* in, float* out) { feed_forward(w, in, n, out); });
   }
-  if (m.decoder_norm.weight) layernorm_rows(x, m.decoder_norm.weight, m.decoder_norm.bias, x, n, d, c.norm_eps);
+  if (m.decoder_norm.weight) ops::layernorm(x, m.decoder_norm.weight, m.decoder_norm.bias, x, n, d, c.norm_eps);
   ops::matmul(m.output, x, n, logits, c.target_vocab_size);
   if (m.output_bias && !defer_logits_bias_) ops::add_bias(logits, m.output_bias, n, c.target_vocab_size);
   ++steps_;

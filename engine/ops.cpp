@@ -158,19 +158,45 @@ void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_po
   }
 }
 
+namespace {
+
+using Floats4 = float __attribute__((vector_size(16)));
+
+// sum of f(x[i]) over n floats in 16 float partial sums (4 vectors of 4), then the tail: the
+// compiler may not reorder a float sum, so the lanes are written out.
+template <class F>
+[[gnu::always_inline]] inline float sum_lanes(const float* x, int64_t n, F&& f) {
+  Floats4 s[4] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int k = 0; k < 4; ++k) {
+      Floats4 v;
+      __builtin_memcpy(&v, x + i + 4 * k, sizeof v);
+      s[k] += f(v);
+    }
+  }
+  const Floats4 t = (s[0] + s[1]) + (s[2] + s[3]);
+  float sum = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; i < n; ++i) sum += f(x[i]);
+  return sum;
+}
+
+}  // namespace
+
+void layernorm_row(const float* x, const float* weight, const float* bias, float* out, int64_t n, float eps) {
+  const float mean = sum_lanes(x, n, [](auto v) { return v; }) / n;
+  // Of deviations: two passes, no cancellation.
+  const float sum_squares = sum_lanes(x, n, [mean](auto v) { return (v - mean) * (v - mean); });
+  const float inv_std = 1.0f / std::sqrt(sum_squares / n + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - mean) * inv_std * weight[i] + bias[i];
+}
+
 void layernorm(const float* x, const float* weight, const float* bias, float* out, int64_t rows, int64_t n,
                float eps) {
-#pragma omp parallel for if (rows * n > 65536)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* in = x + r * n;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; ++i) sum += in[i];
-    const float mean = sum / n;
-    float sum_squares = 0.0f;  // of deviations: two passes, no cancellation
-    for (int64_t i = 0; i < n; ++i) sum_squares += (in[i] - mean) * (in[i] - mean);
-    const float inv_std = 1.0f / std::sqrt(sum_squares / n + eps);
-    for (int64_t i = 0; i < n; ++i) out[r * n + i] = (in[i] - mean) * inv_std * weight[i] + bias[i];
-  }
+  // A region pays for itself from a few thousand elements: the other threads would otherwise
+  // wait through the rows.
+#pragma omp parallel for if (rows > 1 && rows * n >= (1 << 13))
+  for (int64_t r = 0; r < rows; ++r) layernorm_row(x + r * n, weight, bias, out + r * n, n, eps);
 }
 
 void activate(Activation activation, float* x, int64_t n) {

@@ -84,9 +84,11 @@ void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_po
 // ---- Encoder-decoder (translation) additions ------------------------------------------------
 
 // For each of `rows` rows of n: out = (x - mean) / sqrt(variance + eps) * weight + bias, the
-// variance biased (divided by n) as torch.nn.LayerNorm computes it. out may be x.
+// variance biased (divided by n) as torch.nn.LayerNorm computes it. out may be x. Parallel over
+// rows; layernorm_row is one row on the calling thread (for callers already in a parallel loop).
 void layernorm(const float* x, const float* weight, const float* bias, float* out, int64_t rows, int64_t n,
                float eps);
+void layernorm_row(const float* x, const float* weight, const float* bias, float* out, int64_t n, float eps);
 
 // The feed-forward activations of the encoder-decoder families, as transformers' ACT2FN names them:
 // relu, gelu (exact, with erf), gelu_tanh (the tanh approximation), swish (= silu).
