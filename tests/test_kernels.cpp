@@ -636,7 +636,7 @@ TEST_CASE("packed: which backends pack which types") {
   CHECK(packable(DType::Q4_0));
   CHECK_FALSE(packable(DType::Q4_1));
   CHECK_FALSE(packable(DType::F16));
-  for (const char* fast : {"avx512", "neon"}) {
+  for (const char* fast : {"avx2", "avx512", "neon"}) {
     if (!force_backend(fast)) continue;
     CHECK(packing_pays(DType::Q8_0));
     CHECK(packing_pays(DType::Q4_0));
@@ -742,6 +742,47 @@ TEST_CASE("packed: every backend gives the packed rows the reference's bits, and
             }
           }
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("packed: extreme weights and activations give the reference's bits (no int16 saturation)") {
+  // Random data almost never puts two largest products in one pair, where kernels built on
+  // 16-bit pair sums (AVX2 maddubs) saturate: weights at -128, 127 (Q8_0) or nibbles 0, 15
+  // (Q4_0), against activations at +-127, in every sign combination of a pair.
+  BackendGuard guard;
+  const int64_t n = 16 * 4 + 3, k = 4 * kBlockSize, nb = k / kBlockSize;
+  std::vector<float> x;
+  for (int r = 0; r < 6; ++r)  // all +1, all -1, then signs alternating by 1, 2, 4 and 8 elements
+    for (int64_t j = 0; j < k; ++j) x.push_back(r == 0 ? 1.0f : r == 1 ? -1.0f : ((j >> (r - 2)) & 1) ? -1.0f : 1.0f);
+  for (DType t : kPackedTypes) {
+    std::vector<uint8_t> w(row_bytes(t, k) * n);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t b = 0; b < nb; ++b) {
+        // Row i, block b: the high extreme where bit (j >> s) & 1 of the pattern is set, s = (i + b) % 5.
+        const int shift = (int)((i + b) % 5);
+        const bool all_high = i % 3 == 0, all_low = i % 3 == 1;
+        auto high = [&](int j) { return all_high || (!all_low && ((j >> shift) & 1)); };
+        const uint16_t d = fp32_to_fp16(0.5f + 0.01f * (float)((i * 7 + b) % 50));
+        uint8_t* blk = w.data() + i * row_bytes(t, k) + b * row_bytes(t, kBlockSize);
+        std::memcpy(blk, &d, sizeof d);
+        for (int j = 0; j < kBlockSize; ++j) {
+          if (t == DType::Q8_0) blk[2 + j] = high(j) ? 127 : 0x80;  // 127 or -128
+          else if (j < kBlockSize / 2) blk[2 + j] = (high(j) ? 15 : 0) | (high(j + 16) ? 0xf0 : 0);
+        }
+      }
+    const PackedWeights p = pack_weights(t, w.data(), n, k);
+    for (int64_t m : {1, 6}) {
+      const std::vector<float> xm(x.begin(), x.begin() + m * k);
+      const std::vector<float> ref = run_packed("scalar", p, w, xm, m);
+      for (const std::string& name : backends()) {
+        const std::vector<float> got = run_packed(name.c_str(), p, w, xm, m);
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t c = 0; c < p.packed_rows(); ++c)
+            if (!same_bits(got[r * n + c], ref[r * n + c]))
+              FAIL(name << " " << std::string(dtype_name(t)) << " M=" << m << " at (" << r << "," << c
+                        << "): " << got[r * n + c] << " vs " << ref[r * n + c]);
       }
     }
   }
