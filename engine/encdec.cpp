@@ -123,9 +123,8 @@ GenerationDefaults read_generation_defaults(const qbin::Metadata& metadata, cons
 
 // ---- Weights: views into the mapped file, each checked for its exact shape and type ----------
 
-Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols,
-              WeightUse use = WeightUse::Multiplied) {
-  return weight_matrix(file, name, rows, cols, "encdec", use);
+Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols) {
+  return weight_matrix(file, name, rows, cols, "encdec");
 }
 
 const float* optional_f32_vector(const qbin::File& file, const std::string& name, int64_t n) {
@@ -187,20 +186,17 @@ EncDecModel::EncDecModel(std::shared_ptr<const qbin::File> file)
   const EncDecConfig& c = config_;
   const qbin::File& f = *file_;
   const int64_t d = c.d_model;
-  // The decoder's table (the encoder's when shared) is the output head too when the file has none.
-  const WeightUse decoder_table_use = f.find("output.weight") ? WeightUse::LookedUp : WeightUse::Both;
   const bool shared_tables = !f.find("decoder.embedding.weight");
-  encoder_embedding = matrix(f, "encoder.embedding.weight", c.source_vocab_size, d,
-                             shared_tables ? decoder_table_use : WeightUse::LookedUp);
+  encoder_embedding = matrix(f, "encoder.embedding.weight", c.source_vocab_size, d);
   if (!shared_tables) {
-    decoder_embedding = matrix(f, "decoder.embedding.weight", c.target_vocab_size, d, decoder_table_use);
+    decoder_embedding = matrix(f, "decoder.embedding.weight", c.target_vocab_size, d);
   } else if (c.source_vocab_size == c.target_vocab_size) {
     decoder_embedding = encoder_embedding;
   } else {
     bad_file("decoder.embedding.weight is missing and the vocabularies differ, so it cannot be the encoder's");
   }
-  encoder_positions = matrix(f, "encoder.position.weight", c.max_positions, d, WeightUse::LookedUp);
-  decoder_positions = matrix(f, "decoder.position.weight", c.max_positions, d, WeightUse::LookedUp);
+  encoder_positions = matrix(f, "encoder.position.weight", c.max_positions, d);
+  decoder_positions = matrix(f, "decoder.position.weight", c.max_positions, d);
   encoder_embedding_norm = optional_norm(f, "encoder.embedding_norm", d);
   decoder_embedding_norm = optional_norm(f, "decoder.embedding_norm", d);
   encoder_norm = optional_norm(f, "encoder.norm", d);

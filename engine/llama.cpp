@@ -107,9 +107,8 @@ LlamaConfig read_config(const qbin::Metadata& metadata) {
 
 // ---- Weights: views into the mapped file, each checked for its exact shape and type ----------
 
-Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols,
-              WeightUse use = WeightUse::Multiplied) {
-  return weight_matrix(file, name, rows, cols, "llama", use);
+Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols) {
+  return weight_matrix(file, name, rows, cols, "llama");
 }
 
 const float* f32_vector(const qbin::File& file, const std::string& name, int64_t n) {
@@ -138,8 +137,7 @@ class LlamaModel final : public LanguageModel, public std::enable_shared_from_th
       : config(read_config(file->metadata())) {
     const LlamaConfig& c = config;
     const qbin::File& f = *file;
-    token_embedding =
-        matrix(f, "token_embedding.weight", c.vocab_size, c.dim, c.tied_output ? WeightUse::Both : WeightUse::LookedUp);
+    token_embedding = matrix(f, "token_embedding.weight", c.vocab_size, c.dim);
     output = c.tied_output ? token_embedding : matrix(f, "output.weight", c.vocab_size, c.dim);
     final_norm = f32_vector(f, "norm.weight", c.dim);
     for (int64_t l = 0; l < c.n_layers; ++l) {

@@ -12,15 +12,16 @@
 namespace octet::ops {
 
 void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy) {
-  if (w.packed) {
-    kernels::matmul_packed(*w.packed, w.data, x, m, y, ldy);
+  if (w.layout == Layout::Packed) {
+    kernels::matmul_packed(kernels::packed_view(w.dtype, w.data, w.rows, w.cols), x, m, y, ldy);
   } else {
     kernels::matmul(w.dtype, w.data, w.rows, w.cols, x, m, y, ldy);
   }
 }
 
 void embedding(const Matrix& table, int32_t id, float* out) {
-  if (table.packed && id < table.packed->packed_rows()) return kernels::dequantize_packed_row(*table.packed, id, out);
+  if (table.layout == Layout::Packed)
+    return kernels::dequantize_packed_row(kernels::packed_view(table.dtype, table.data, table.rows, table.cols), id, out);
   const auto* row = static_cast<const uint8_t*>(table.data) + id * kernels::row_bytes(table.dtype, table.cols);
   kernels::dequantize_row(table.dtype, row, out, table.cols);
 }

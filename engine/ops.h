@@ -8,28 +8,23 @@
 
 #include "kernels/blocks.h"
 
-namespace octet::kernels {
-struct PackedWeights;
-}
-
 namespace octet::ops {
 
-// A weight matrix [rows][cols] of its stored type, viewed in place: rows are output features,
-// cols input features. `packed`, when set, is the same matrix repacked at load time for the
-// matmul kernels (kernels::PackedWeights): matmul then reads the packed rows from it and only
-// the rows beyond its last full group of 16 from `data`. Copies of a Matrix share it.
+// A weight matrix [rows][cols] of its stored type and layout, viewed in place: rows are output
+// features, cols input features. Layout::Packed is the kernels' interleaved form
+// (kernels::PackedWeights), in which the converter stores Q8_0 and Q4_0 matrices.
 struct Matrix {
   DType dtype = DType::F32;
+  Layout layout = Layout::Rows;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
-  std::shared_ptr<const kernels::PackedWeights> packed;
 };
 
 // y[i][r] = sum_c x[i][c] * w[r][c] for the m rows of x: one GEMM whatever m is. ldy is y's row
 // stride in floats (>= w.rows).
 void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy);
-// out[c] = table[id][c], dequantized (from the packed copy when there is one: the same floats).
+// out[c] = table[id][c], dequantized.
 void embedding(const Matrix& table, int32_t id, float* out);
 
 // For each of `rows` rows of n: out = x / sqrt(mean(x^2) + eps) * weight (out may be x).

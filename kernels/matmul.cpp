@@ -110,7 +110,7 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
   }
 }
 
-void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_t M, float* Y, int64_t ldy) {
+void matmul_packed(const PackedWeights& P, const float* X, int64_t M, float* Y, int64_t ldy) {
   const DType wtype = P.dtype;
   const int64_t N = P.rows, K = P.cols;
   if (M <= 0 || N <= 0) return;
@@ -118,7 +118,6 @@ void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_
   const size_t w_stride = row_bytes(wtype, K);
   if (w_stride == 0 || !packable(wtype)) bad_call("not a packed matrix", wtype, K, N, ldy);
   const int64_t packed_rows = P.packed_rows();
-  if (packed_rows < N && W == nullptr) bad_call("rows beyond the packed groups and no row-major matrix", wtype, K, N, ldy);
 
   const Backend& backend = active_backend();
   const PackedTileFn fast = backend.packed_tile[(int)wtype];
@@ -137,7 +136,7 @@ void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_
   const int64_t chunks = group_chunks + (packed_rows < N ? 1 : 0);
   const DotTileFn dot = backend.dot[(int)wtype];
   const DotBlockFn dot_block = backend.dot_block[(int)wtype];
-  const char* w_base = static_cast<const char*>(W);
+  const char* tail = reinterpret_cast<const char*>(P.tail());
 
 #pragma omp parallel if (M * N * K >= kMinParallelMacs)
   {
@@ -156,8 +155,8 @@ void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_
                Y + m0 * ldy + g0 * kPackRows, ldy);
         }
       } else {
-        row_major_rows(dot, dot_block, w_base, w_stride, packed_rows, N, reinterpret_cast<const char*>(act), x_stride, M,
-                       K, Y, ldy);
+        row_major_rows(dot, dot_block, tail, w_stride, 0, N - packed_rows, reinterpret_cast<const char*>(act), x_stride, M,
+                       K, Y + packed_rows, ldy);
       }
     }
   }
