@@ -222,9 +222,9 @@ EncDecModel::EncDecModel(std::shared_ptr<const qbin::File> file)
 namespace {
 
 // q, k, v projections (each [n][d]) of n rows of `in`.
-void project(const Matrix& w, const float* bias, const float* in, int64_t n, float* out) {
-  ops::matmul(w, in, n, out, w.rows);
-  if (bias) ops::add_bias(out, bias, n, w.rows);
+// out[i] += bias for n rows of d; bias may be null.
+void add_biases(const float* bias, float* out, int64_t n, int64_t d) {
+  if (bias) ops::add_bias(out, bias, n, d);
 }
 
 // x = x + f(norm(x)) (pre-norm) or x = norm(x + f(x)) (post-norm) for n rows of d; f(in, out)
@@ -367,9 +367,10 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
     const auto& a = layer.self_attention;
     residual_block(c.pre_norm, a.norm_weight, a.norm_bias, c.norm_eps, a.out_bias, x, h_.data(), o_.data(), n, d,
                    [&](const float* in, float* out) {
-                     project(a.q, a.q_bias, in, n, q_.data());
-                     project(a.k, a.k_bias, in, n, k_.data());
-                     project(a.v, a.v_bias, in, n, v_.data());
+                     ops::matmul({{a.q, q_.data(), d}, {a.k, k_.data(), d}, {a.v, v_.data(), d}}, in, n);
+                     add_biases(a.q_bias, q_.data(), n, d);
+                     add_biases(a.k_bias, k_.data(), n, d);
+                     add_biases(a.v_bias, v_.data(), n, d);
                      // Each token sees its own sentence's tokens only: the key padding mask.
 #pragma omp parallel for schedule(dynamic, 8) if (n * longest * d > kParallelWork)
                      for (int64_t i = 0; i < n; ++i) {
@@ -391,8 +392,11 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   cross_values_.resize(c.decoder_layers * n * d);
   for (int64_t l = 0; l < c.decoder_layers; ++l) {
     const auto& a = m.decoder_layers[l].cross_attention;
-    project(a.k, a.k_bias, encoder_out_.data(), n, cross_keys_.data() + l * n * d);
-    project(a.v, a.v_bias, encoder_out_.data(), n, cross_values_.data() + l * n * d);
+    float* keys = cross_keys_.data() + l * n * d;
+    float* values = cross_values_.data() + l * n * d;
+    ops::matmul({{a.k, keys, d}, {a.v, values, d}}, encoder_out_.data(), n);
+    add_biases(a.k_bias, keys, n, d);
+    add_biases(a.v_bias, values, n, d);
   }
 
   // A fresh decoder: no positions, caches emptied (their memory kept for the next batch).
@@ -481,9 +485,7 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
                    d, [&](const float* in, float* out) {
                      float* keys = self_keys_.data() + (t * c.decoder_layers + l) * max_rows_ * d;
                      float* values = self_values_.data() + (t * c.decoder_layers + l) * max_rows_ * d;
-                     ops::matmul(self.q, in, n, q_.data(), d);
-                     ops::matmul(self.k, in, n, keys, d);
-                     ops::matmul(self.v, in, n, values, d);
+                     ops::matmul({{self.q, q_.data(), d}, {self.k, keys, d}, {self.v, values, d}}, in, n);
 #pragma omp parallel for if (n > 1 && n * (t + 1) * d > kParallelElements)
                      for (int64_t r = 0; r < n; ++r) {
                        add_bias_row(q_.data() + r * d, self.q_bias, d);

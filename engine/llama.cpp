@@ -259,9 +259,7 @@ class LlamaState final : public DecoderState {
 
       // Attention: project, rotate q and k to their positions, cache k and v, attend.
       ops::rmsnorm(x, layer.attn_norm, xb, n, dim, c.rms_eps);
-      ops::matmul(layer.attn_q, xb, n, q, q_dim);
-      ops::matmul(layer.attn_k, xb, n, k, kv_dim);
-      ops::matmul(layer.attn_v, xb, n, v, kv_dim);
+      ops::matmul({{layer.attn_q, q, q_dim}, {layer.attn_k, k, kv_dim}, {layer.attn_v, v, kv_dim}}, xb, n);
       if (layer.q_bias) ops::add_bias(q, layer.q_bias, n, q_dim);
       if (layer.k_bias) ops::add_bias(k, layer.k_bias, n, kv_dim);
       if (layer.v_bias) ops::add_bias(v, layer.v_bias, n, kv_dim);
@@ -282,8 +280,7 @@ class LlamaState final : public DecoderState {
 
       // Feed-forward (SwiGLU): down(silu(gate(h)) * up(h)).
       ops::rmsnorm(x, layer.ffn_norm, xb, n, dim, c.rms_eps);
-      ops::matmul(layer.ffn_gate, xb, n, gate, c.ffn_dim);
-      ops::matmul(layer.ffn_up, xb, n, up, c.ffn_dim);
+      ops::matmul({{layer.ffn_gate, gate, c.ffn_dim}, {layer.ffn_up, up, c.ffn_dim}}, xb, n);
       ops::swiglu(gate, up, n * c.ffn_dim);
       ops::matmul(layer.ffn_down, gate, n, xb, dim);
       ops::add(x, xb, n * dim);

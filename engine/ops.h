@@ -3,6 +3,7 @@
 // (matmul, dequantization) is delegated to kernels/.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <vector>
 
@@ -24,6 +25,15 @@ struct Matrix {
 // y[i][r] = sum_c x[i][c] * w[r][c] for the m rows of x: one GEMM whatever m is. ldy is y's row
 // stride in floats (>= w.rows).
 void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy);
+// Several matrices applied to the same m rows of x, y_j = x W_j^T (a layer's q, k and v, or its
+// gate and up): one pass when they are packed alike (x quantized once, one parallel region), one
+// matmul each otherwise. Every output has the bits of its own matmul either way.
+struct Product {
+  const Matrix& w;
+  float* y;
+  int64_t ldy;
+};
+void matmul(std::initializer_list<Product> products, const float* x, int64_t m);
 // out[c] = table[id][c], dequantized.
 void embedding(const Matrix& table, int32_t id, float* out);
 

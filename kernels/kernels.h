@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "kernels/blocks.h"
 
@@ -124,6 +125,16 @@ void dequantize_packed_row(const PackedWeights& P, int64_t n, float* out);
 // the interleaved rows get the reference's bits under every backend, the remaining N % 16 rows
 // those of matmul() on the row-major kernels.
 void matmul_packed(const PackedWeights& P, const float* X, int64_t M, float* Y, int64_t ldy);
+// Several packed matrices of one type and K applied to the same X (a layer's q, k and v, or its
+// gate and up): Y_j = X W_j^T, with X quantized once and all their rows shared out in one
+// parallel region; each output has the bits a matmul_packed of its own matrix gives it.
+struct PackedProduct {
+  PackedWeights w;
+  float* y;
+  int64_t ldy;
+};
+constexpr size_t kMaxPackedProducts = 4;
+void matmul_packed(std::span<const PackedProduct> products, const float* X, int64_t M);
 
 // Long-row float math of the decoders, on the active backend (SIMD backends use the polynomial
 // exp described above).

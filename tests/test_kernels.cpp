@@ -754,6 +754,43 @@ TEST_CASE("packed: every backend gives the packed rows the reference's bits, and
   }
 }
 
+TEST_CASE("packed: several products of one input in one call give each the bits of its own call") {
+  // q, k and v of a layer: different N (with and without tail rows), the same K and X.
+  BackendGuard guard;
+  std::mt19937 rng(105);
+  for (DType t : kPackedTypes) {
+    const int64_t k = 256, m = 3;
+    const int64_t ns[] = {64, 21, 5};
+    std::vector<std::vector<uint8_t>> ws;
+    std::vector<PackedBuffer> buffers;
+    for (int64_t n : ns) {
+      ws.push_back(quantize(t, random_floats(rng, n * k), n, k));
+      buffers.emplace_back(t, ws.back().data(), n, k);
+    }
+    const std::vector<float> x = random_floats(rng, m * k, 2.0f);
+    for (const std::string& name : backends()) {
+      CAPTURE(name);
+      REQUIRE(force_backend(name.c_str()));
+      std::vector<std::vector<float>> fused;
+      std::vector<PackedProduct> products;
+      for (size_t j = 0; j < buffers.size(); ++j) {
+        fused.emplace_back(m * (ns[j] + 1), -7.0f);  // ldy = N + 1: the padding must survive
+        products.push_back({buffers[j].view(), fused.back().data(), ns[j] + 1});
+      }
+      matmul_packed(products, x.data(), m);
+      for (size_t j = 0; j < buffers.size(); ++j) {
+        const std::vector<float> alone = run_packed(name.c_str(), buffers[j].view(), x, m);
+        for (int64_t r = 0; r < m; ++r) {
+          CHECK(fused[j][r * (ns[j] + 1) + ns[j]] == -7.0f);
+          for (int64_t c = 0; c < ns[j]; ++c)
+            if (!same_bits(fused[j][r * (ns[j] + 1) + c], alone[r * ns[j] + c]))
+              FAIL(name << " " << std::string(dtype_name(t)) << " product " << j << " at (" << r << "," << c << ")");
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("packed: same result with 1 or 2 threads, no allocation once warm") {
   BackendGuard guard;
   std::mt19937 rng(104);
