@@ -6,7 +6,7 @@
 //     layers of q, k, v, o, gate, up, down; 0.968 GMAC per token, lm head excluded).
 // Each figure is the median of --reps timed runs (the machine may be shared: medians, not bests).
 // A backend with packed kernels (kernels.h, PackedWeights) is timed twice for the packable types:
-// row-major (its name) and packed at load time (name/p, matmul_packed).
+// row-major (its name) and packed, the layout the converter writes (name/p, matmul_packed).
 //
 //   kernels-bench [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--reps 5] [--quick]
 #include <omp.h>
@@ -183,20 +183,20 @@ int main(int argc, char** argv) {
       for (int c = 0; c < copies; ++c) ws.push_back(random_weights(t, s.n, s.k, 1000 * c + 1));
       std::vector<float> x(s.k), y(s.n);
       fill_random(x.data(), x.size(), 7);
-      std::vector<PackedWeights> ps;  // the same copies packed, for the backends that pack
+      std::vector<PackedBuffer> ps;  // the same copies packed, for the backends with packed kernels
       for (const std::string& b : backends) {
         if (!force_backend(b.c_str())) continue;
         for (bool packed : {false, true}) {
-          if (packed && !packing_pays(t)) continue;
+          if (packed && !packed_kernel_active(t)) continue;
           if (packed && ps.empty())
-            for (int c = 0; c < copies; ++c) ps.push_back(pack_weights(t, ws[c].data(), s.n, s.k));
+            for (int c = 0; c < copies; ++c) ps.emplace_back(t, ws[c].data(), s.n, s.k);
           const std::string label = b + (packed ? "/p" : "");
           for (int th : threads) {
             omp_set_num_threads(th);
             int next = 0;
             const double sec = time_median(
                 [&] {
-                  if (packed) matmul_packed(ps[next], ws[next].data(), x.data(), 1, y.data(), s.n);
+                  if (packed) matmul_packed(ps[next].view(), x.data(), 1, y.data(), s.n);
                   else matmul(t, ws[next].data(), s.n, s.k, x.data(), 1, y.data(), s.n);
                   next = (next + 1) % copies;
                 },
@@ -210,23 +210,23 @@ int main(int argc, char** argv) {
     // GEMM: the TinyLlama layer, M tokens at once.
     std::vector<std::vector<uint8_t>> lw;
     for (const Shape& s : layer) lw.push_back(random_weights(t, s.n, s.k, 77 + s.n));
-    std::vector<PackedWeights> lp;
+    std::vector<PackedBuffer> lp;
     for (int64_t m : gemm_ms) {
       std::vector<float> x(m * 5632), y(m * 5632);
       fill_random(x.data(), x.size(), 9);
       for (const std::string& b : backends) {
         if (!force_backend(b.c_str())) continue;
         for (bool packed : {false, true}) {
-          if (packed && !packing_pays(t)) continue;
+          if (packed && !packed_kernel_active(t)) continue;
           if (packed && lp.empty())
-            for (size_t i = 0; i < std::size(layer); ++i) lp.push_back(pack_weights(t, lw[i].data(), layer[i].n, layer[i].k));
+            for (size_t i = 0; i < std::size(layer); ++i) lp.emplace_back(t, lw[i].data(), layer[i].n, layer[i].k);
           const std::string label = b + (packed ? "/p" : "");
           for (int th : threads) {
             omp_set_num_threads(th);
             const double sec = time_median(
                 [&] {
                   for (size_t i = 0; i < std::size(layer); ++i) {
-                    if (packed) matmul_packed(lp[i], lw[i].data(), x.data(), m, y.data(), layer[i].n);
+                    if (packed) matmul_packed(lp[i].view(), x.data(), m, y.data(), layer[i].n);
                     else matmul(t, lw[i].data(), layer[i].n, layer[i].k, x.data(), m, y.data(), layer[i].n);
                   }
                 },

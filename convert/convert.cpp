@@ -68,6 +68,7 @@ ModelPlan plan_source(const std::string& input, const Options& options) {
 struct TypeChoice {
   DType type;
   bool fell_back;  // a block type was asked for but the rows are not a multiple of the block
+  Layout layout = Layout::Rows;
 };
 
 TypeChoice choose_type(const PlannedTensor& tensor, const Options& options) {
@@ -76,7 +77,10 @@ TypeChoice choose_type(const PlannedTensor& tensor, const Options& options) {
   if (tensor.kind == TensorKind::TokenEmbedding) wanted = options.embedding_type.value_or(options.quant);
   if (tensor.kind == TensorKind::Output) wanted = options.output_type.value_or(options.quant);
   if (is_block_type(wanted) && tensor.shape.back() % kBlockSize != 0) return {DType::F16, true};
-  return {wanted, false};
+  // Q8_0 and Q4_0 matrices are stored in the kernels' interleaved form, so the runtime maps them
+  // as they are instead of repacking them at every load.
+  const bool packed = kernels::packable(wanted) && tensor.shape.size() == 2;
+  return {wanted, false, packed ? Layout::Packed : Layout::Rows};
 }
 
 // The recipe: the base type, then every matrix stored otherwise, with per-layer tensors named
@@ -140,8 +144,8 @@ Stats convert(const std::string& input, const std::string& output, const Options
   uint64_t total_bytes = 0;
   for (const PlannedTensor& tensor : plan.tensors) {
     choices.push_back(choose_type(tensor, options));
-    declared.push_back({tensor.name, choices.back().type, tensor.shape});
-    total_bytes += qbin::tensor_bytes(choices.back().type, tensor.shape);
+    declared.push_back({tensor.name, choices.back().type, tensor.shape, choices.back().layout});
+    total_bytes += qbin::tensor_bytes(choices.back().type, tensor.shape, choices.back().layout);
   }
   plan.metadata.set("general.quantization", describe_quantization(plan, choices, options.quant));
   plan.metadata.set("general.converter", std::string(kConverterName));
@@ -155,16 +159,23 @@ Stats convert(const std::string& input, const std::string& output, const Options
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& tensor = plan.tensors[i];
     convert_tensor(tensor, choices[i].type, data, scratch);
-    writer.write_next(data.data(), data.size());
+    uint64_t stored_bytes = data.size();
+    if (choices[i].layout == Layout::Packed) {
+      const kernels::PackedBuffer packed(choices[i].type, data.data(), tensor.shape[0], tensor.shape[1]);
+      writer.write_next(packed.bytes(), packed.size());
+      stored_bytes = packed.size();
+    } else {
+      writer.write_next(data.data(), data.size());
+    }
 
     int64_t elements = 1;
     for (int64_t d : tensor.shape) elements *= d;
     stats.parameters += elements;
     if (tensor.kind != TensorKind::Vector) {
-      matrix_bits += 8 * data.size();
+      matrix_bits += 8 * stored_bytes;
       matrix_elements += elements;
     }
-    done_bytes += data.size();
+    done_bytes += stored_bytes;
     if (progress) progress(done_bytes, total_bytes, tensor.name);
   }
   writer.finish();

@@ -123,9 +123,8 @@ GenerationDefaults read_generation_defaults(const qbin::Metadata& metadata, cons
 
 // ---- Weights: views into the mapped file, each checked for its exact shape and type ----------
 
-Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols,
-              WeightUse use = WeightUse::Multiplied) {
-  return weight_matrix(file, name, rows, cols, "encdec", use);
+Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols) {
+  return weight_matrix(file, name, rows, cols, "encdec");
 }
 
 const float* optional_f32_vector(const qbin::File& file, const std::string& name, int64_t n) {
@@ -187,20 +186,17 @@ EncDecModel::EncDecModel(std::shared_ptr<const qbin::File> file)
   const EncDecConfig& c = config_;
   const qbin::File& f = *file_;
   const int64_t d = c.d_model;
-  // The decoder's table (the encoder's when shared) is the output head too when the file has none.
-  const WeightUse decoder_table_use = f.find("output.weight") ? WeightUse::LookedUp : WeightUse::Both;
   const bool shared_tables = !f.find("decoder.embedding.weight");
-  encoder_embedding = matrix(f, "encoder.embedding.weight", c.source_vocab_size, d,
-                             shared_tables ? decoder_table_use : WeightUse::LookedUp);
+  encoder_embedding = matrix(f, "encoder.embedding.weight", c.source_vocab_size, d);
   if (!shared_tables) {
-    decoder_embedding = matrix(f, "decoder.embedding.weight", c.target_vocab_size, d, decoder_table_use);
+    decoder_embedding = matrix(f, "decoder.embedding.weight", c.target_vocab_size, d);
   } else if (c.source_vocab_size == c.target_vocab_size) {
     decoder_embedding = encoder_embedding;
   } else {
     bad_file("decoder.embedding.weight is missing and the vocabularies differ, so it cannot be the encoder's");
   }
-  encoder_positions = matrix(f, "encoder.position.weight", c.max_positions, d, WeightUse::LookedUp);
-  decoder_positions = matrix(f, "decoder.position.weight", c.max_positions, d, WeightUse::LookedUp);
+  encoder_positions = matrix(f, "encoder.position.weight", c.max_positions, d);
+  decoder_positions = matrix(f, "decoder.position.weight", c.max_positions, d);
   encoder_embedding_norm = optional_norm(f, "encoder.embedding_norm", d);
   decoder_embedding_norm = optional_norm(f, "decoder.embedding_norm", d);
   encoder_norm = optional_norm(f, "encoder.norm", d);
@@ -226,9 +222,9 @@ EncDecModel::EncDecModel(std::shared_ptr<const qbin::File> file)
 namespace {
 
 // q, k, v projections (each [n][d]) of n rows of `in`.
-void project(const Matrix& w, const float* bias, const float* in, int64_t n, float* out) {
-  ops::matmul(w, in, n, out, w.rows);
-  if (bias) ops::add_bias(out, bias, n, w.rows);
+// out[i] += bias for n rows of d; bias may be null.
+void add_biases(const float* bias, float* out, int64_t n, int64_t d) {
+  if (bias) ops::add_bias(out, bias, n, d);
 }
 
 // x = x + f(norm(x)) (pre-norm) or x = norm(x + f(x)) (post-norm) for n rows of d; f(in, out)
@@ -371,9 +367,10 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
     const auto& a = layer.self_attention;
     residual_block(c.pre_norm, a.norm_weight, a.norm_bias, c.norm_eps, a.out_bias, x, h_.data(), o_.data(), n, d,
                    [&](const float* in, float* out) {
-                     project(a.q, a.q_bias, in, n, q_.data());
-                     project(a.k, a.k_bias, in, n, k_.data());
-                     project(a.v, a.v_bias, in, n, v_.data());
+                     ops::matmul({{a.q, q_.data(), d}, {a.k, k_.data(), d}, {a.v, v_.data(), d}}, in, n);
+                     add_biases(a.q_bias, q_.data(), n, d);
+                     add_biases(a.k_bias, k_.data(), n, d);
+                     add_biases(a.v_bias, v_.data(), n, d);
                      // Each token sees its own sentence's tokens only: the key padding mask.
 #pragma omp parallel for schedule(dynamic, 8) if (n * longest * d > kParallelWork)
                      for (int64_t i = 0; i < n; ++i) {
@@ -395,8 +392,11 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   cross_values_.resize(c.decoder_layers * n * d);
   for (int64_t l = 0; l < c.decoder_layers; ++l) {
     const auto& a = m.decoder_layers[l].cross_attention;
-    project(a.k, a.k_bias, encoder_out_.data(), n, cross_keys_.data() + l * n * d);
-    project(a.v, a.v_bias, encoder_out_.data(), n, cross_values_.data() + l * n * d);
+    float* keys = cross_keys_.data() + l * n * d;
+    float* values = cross_values_.data() + l * n * d;
+    ops::matmul({{a.k, keys, d}, {a.v, values, d}}, encoder_out_.data(), n);
+    add_biases(a.k_bias, keys, n, d);
+    add_biases(a.v_bias, values, n, d);
   }
 
   // A fresh decoder: no positions, caches emptied (their memory kept for the next batch).
@@ -485,9 +485,7 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
                    d, [&](const float* in, float* out) {
                      float* keys = self_keys_.data() + (t * c.decoder_layers + l) * max_rows_ * d;
                      float* values = self_values_.data() + (t * c.decoder_layers + l) * max_rows_ * d;
-                     ops::matmul(self.q, in, n, q_.data(), d);
-                     ops::matmul(self.k, in, n, keys, d);
-                     ops::matmul(self.v, in, n, values, d);
+                     ops::matmul({{self.q, q_.data(), d}, {self.k, keys, d}, {self.v, values, d}}, in, n);
 #pragma omp parallel for if (n > 1 && n * (t + 1) * d > kParallelElements)
                      for (int64_t r = 0; r < n; ++r) {
                        add_bias_row(q_.data() + r * d, self.q_bias, d);

@@ -107,9 +107,8 @@ LlamaConfig read_config(const qbin::Metadata& metadata) {
 
 // ---- Weights: views into the mapped file, each checked for its exact shape and type ----------
 
-Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols,
-              WeightUse use = WeightUse::Multiplied) {
-  return weight_matrix(file, name, rows, cols, "llama", use);
+Matrix matrix(const qbin::File& file, const std::string& name, int64_t rows, int64_t cols) {
+  return weight_matrix(file, name, rows, cols, "llama");
 }
 
 const float* f32_vector(const qbin::File& file, const std::string& name, int64_t n) {
@@ -138,8 +137,7 @@ class LlamaModel final : public LanguageModel, public std::enable_shared_from_th
       : config(read_config(file->metadata())) {
     const LlamaConfig& c = config;
     const qbin::File& f = *file;
-    token_embedding =
-        matrix(f, "token_embedding.weight", c.vocab_size, c.dim, c.tied_output ? WeightUse::Both : WeightUse::LookedUp);
+    token_embedding = matrix(f, "token_embedding.weight", c.vocab_size, c.dim);
     output = c.tied_output ? token_embedding : matrix(f, "output.weight", c.vocab_size, c.dim);
     final_norm = f32_vector(f, "norm.weight", c.dim);
     for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -261,9 +259,7 @@ class LlamaState final : public DecoderState {
 
       // Attention: project, rotate q and k to their positions, cache k and v, attend.
       ops::rmsnorm(x, layer.attn_norm, xb, n, dim, c.rms_eps);
-      ops::matmul(layer.attn_q, xb, n, q, q_dim);
-      ops::matmul(layer.attn_k, xb, n, k, kv_dim);
-      ops::matmul(layer.attn_v, xb, n, v, kv_dim);
+      ops::matmul({{layer.attn_q, q, q_dim}, {layer.attn_k, k, kv_dim}, {layer.attn_v, v, kv_dim}}, xb, n);
       if (layer.q_bias) ops::add_bias(q, layer.q_bias, n, q_dim);
       if (layer.k_bias) ops::add_bias(k, layer.k_bias, n, kv_dim);
       if (layer.v_bias) ops::add_bias(v, layer.v_bias, n, kv_dim);
@@ -284,8 +280,7 @@ class LlamaState final : public DecoderState {
 
       // Feed-forward (SwiGLU): down(silu(gate(h)) * up(h)).
       ops::rmsnorm(x, layer.ffn_norm, xb, n, dim, c.rms_eps);
-      ops::matmul(layer.ffn_gate, xb, n, gate, c.ffn_dim);
-      ops::matmul(layer.ffn_up, xb, n, up, c.ffn_dim);
+      ops::matmul({{layer.ffn_gate, gate, c.ffn_dim}, {layer.ffn_up, up, c.ffn_dim}}, xb, n);
       ops::swiglu(gate, up, n * c.ffn_dim);
       ops::matmul(layer.ffn_down, gate, n, xb, dim);
       ops::add(x, xb, n * dim);

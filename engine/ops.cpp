@@ -12,15 +12,31 @@
 namespace octet::ops {
 
 void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy) {
-  if (w.packed) {
-    kernels::matmul_packed(*w.packed, w.data, x, m, y, ldy);
+  if (w.layout == Layout::Packed) {
+    kernels::matmul_packed(kernels::packed_view(w.dtype, w.data, w.rows, w.cols), x, m, y, ldy);
   } else {
     kernels::matmul(w.dtype, w.data, w.rows, w.cols, x, m, y, ldy);
   }
 }
 
+void matmul(std::initializer_list<Product> products, const float* x, int64_t m) {
+  const Matrix& first = products.begin()->w;
+  bool fused = products.size() <= kernels::kMaxPackedProducts;
+  for (const Product& p : products)
+    fused = fused && p.w.layout == Layout::Packed && p.w.dtype == first.dtype && p.w.cols == first.cols;
+  if (!fused) {
+    for (const Product& p : products) matmul(p.w, x, m, p.y, p.ldy);
+    return;
+  }
+  kernels::PackedProduct packed[kernels::kMaxPackedProducts];
+  size_t n = 0;
+  for (const Product& p : products) packed[n++] = {kernels::packed_view(p.w.dtype, p.w.data, p.w.rows, p.w.cols), p.y, p.ldy};
+  kernels::matmul_packed({packed, n}, x, m);
+}
+
 void embedding(const Matrix& table, int32_t id, float* out) {
-  if (table.packed && id < table.packed->packed_rows()) return kernels::dequantize_packed_row(*table.packed, id, out);
+  if (table.layout == Layout::Packed)
+    return kernels::dequantize_packed_row(kernels::packed_view(table.dtype, table.data, table.rows, table.cols), id, out);
   const auto* row = static_cast<const uint8_t*>(table.data) + id * kernels::row_bytes(table.dtype, table.cols);
   kernels::dequantize_row(table.dtype, row, out, table.cols);
 }

@@ -3,33 +3,38 @@
 // (matmul, dequantization) is delegated to kernels/.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <vector>
 
 #include "kernels/blocks.h"
 
-namespace octet::kernels {
-struct PackedWeights;
-}
-
 namespace octet::ops {
 
-// A weight matrix [rows][cols] of its stored type, viewed in place: rows are output features,
-// cols input features. `packed`, when set, is the same matrix repacked at load time for the
-// matmul kernels (kernels::PackedWeights): matmul then reads the packed rows from it and only
-// the rows beyond its last full group of 16 from `data`. Copies of a Matrix share it.
+// A weight matrix [rows][cols] of its stored type and layout, viewed in place: rows are output
+// features, cols input features. Layout::Packed is the kernels' interleaved form
+// (kernels::PackedWeights), in which the converter stores Q8_0 and Q4_0 matrices.
 struct Matrix {
   DType dtype = DType::F32;
+  Layout layout = Layout::Rows;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
-  std::shared_ptr<const kernels::PackedWeights> packed;
 };
 
 // y[i][r] = sum_c x[i][c] * w[r][c] for the m rows of x: one GEMM whatever m is. ldy is y's row
 // stride in floats (>= w.rows).
 void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy);
-// out[c] = table[id][c], dequantized (from the packed copy when there is one: the same floats).
+// Several matrices applied to the same m rows of x, y_j = x W_j^T (a layer's q, k and v, or its
+// gate and up): one pass when they are packed alike (x quantized once, one parallel region), one
+// matmul each otherwise. Every output has the bits of its own matmul either way.
+struct Product {
+  const Matrix& w;
+  float* y;
+  int64_t ldy;
+};
+void matmul(std::initializer_list<Product> products, const float* x, int64_t m);
+// out[c] = table[id][c], dequantized.
 void embedding(const Matrix& table, int32_t id, float* out);
 
 // For each of `rows` rows of n: out = x / sqrt(mean(x^2) + eps) * weight (out may be x).

@@ -5,11 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <set>
+
+#include <xxhash.h>
 
 #include "engine/error.h"
 #include "kernels/kernels.h"
@@ -102,6 +103,7 @@ std::vector<uint8_t> serialize_table(const std::vector<TensorInfo>& tensors) {
   for (const auto& t : tensors) {
     out.str(t.name);
     out.u32(static_cast<uint32_t>(t.dtype));
+    out.u32(static_cast<uint32_t>(t.layout));
     out.u32(static_cast<uint32_t>(t.shape.size()));
     for (int64_t d : t.shape) out.u64(static_cast<uint64_t>(d));
     out.u64(t.offset);
@@ -231,7 +233,7 @@ int64_t TensorInfo::elements() const {
 }
 int64_t TensorInfo::rows() const { return shape.empty() ? 1 : elements() / shape.back(); }
 
-uint64_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape) {
+uint64_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape, Layout layout) {
   if (shape.empty() || shape.size() > static_cast<size_t>(kMaxDims))
     fail(ErrorCode::Format, "a tensor must have 1 to " + std::to_string(kMaxDims) + " dimensions, not " + std::to_string(shape.size()));
   constexpr uint64_t kLimit = uint64_t{1} << 48;  // no real tensor comes near 256 TiB
@@ -248,29 +250,15 @@ uint64_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape) {
   if (row == 0)
     fail(ErrorCode::Format, std::string("a row of ") + std::to_string(shape.back()) + " elements is not valid for " + kernels::dtype_name(dtype));
   if (row > kLimit / rows) fail(ErrorCode::Format, "tensor shape is too large");
-  return rows * row;
+  if (layout == Layout::Rows) return rows * row;
+  if (shape.size() != 2 || !kernels::packable(dtype))
+    fail(ErrorCode::Format, std::string("only q8_0 and q4_0 matrices can be packed, not ") + std::to_string(shape.size()) +
+                                "-d " + kernels::dtype_name(dtype));
+  // The packed form adds at most 64 bytes of padding per 16 rows, so it stays far from overflow.
+  return kernels::packed_bytes(dtype, shape[0], shape[1]);
 }
 
-uint64_t checksum64(const void* data, size_t size) {
-  constexpr uint64_t kPrime1 = 0x9E3779B185EBCA87ull, kPrime2 = 0xC2B2AE3D27D4EB4Full;
-  const auto* p = static_cast<const uint8_t*>(data);
-  uint64_t lane[4] = {kPrime1, kPrime2, ~kPrime1, ~kPrime2};
-  size_t i = 0;
-  for (; i + 32 <= size; i += 32) {
-    for (int l = 0; l < 4; ++l) {
-      uint64_t w;
-      std::memcpy(&w, p + i + 8 * l, 8);
-      lane[l] = std::rotl(lane[l] + w * kPrime2, 31) * kPrime1;
-    }
-  }
-  uint64_t h = size * kPrime1;
-  for (int l = 0; l < 4; ++l) h = std::rotl(h ^ lane[l], 27) * kPrime1 + kPrime2;
-  for (; i < size; ++i) h = std::rotl(h ^ (p[i] * kPrime1), 11) * kPrime2;
-  h ^= h >> 33;
-  h *= kPrime2;
-  h ^= h >> 29;
-  return h;
-}
+uint64_t checksum64(const void* data, size_t size) { return XXH3_64bits(data, size); }
 
 // ---- Writer ------------------------------------------------------------------------------------
 
@@ -294,7 +282,7 @@ Writer::Writer(const std::string& path, const Metadata& metadata, const std::vec
   uint64_t offset = 0;
   for (const auto& d : declared) {
     if (!names.insert(d.name).second) fail(ErrorCode::InvalidArgument, "tensor '" + d.name + "' declared twice");
-    TensorInfo t{d.name, d.dtype, d.shape, offset, tensor_bytes(d.dtype, d.shape), 0};
+    TensorInfo t{d.name, d.dtype, d.layout, d.shape, offset, tensor_bytes(d.dtype, d.shape, d.layout), 0};
     offset = align_up(offset + t.size);
     w.tensors.push_back(std::move(t));
   }
@@ -373,15 +361,6 @@ File::~File() {
   if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
 }
 
-void File::release(const void* p, uint64_t bytes) const {
-  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
-  const auto map_begin = reinterpret_cast<uintptr_t>(base_), map_end = map_begin + size_;
-  if (page == 0 || begin < map_begin || end > map_end) return;
-  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
-  if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-}
-
 std::shared_ptr<const File> File::open(const std::string& path, bool verify_data) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(ErrorCode::Io, "cannot open " + path + ": " + std::strerror(errno));
@@ -443,6 +422,10 @@ std::shared_ptr<const File> File::open(const std::string& path, bool verify_data
       const uint32_t dtype = table.scalar<uint32_t>("a dtype");
       if (!kernels::dtype_is_valid(dtype)) fail(ErrorCode::Format, "tensor '" + t.name + "' has unknown dtype " + std::to_string(dtype));
       t.dtype = static_cast<DType>(dtype);
+      const uint32_t layout = table.scalar<uint32_t>("a layout");
+      if (layout > static_cast<uint32_t>(Layout::Packed))
+        fail(ErrorCode::Format, "tensor '" + t.name + "' has unknown layout " + std::to_string(layout));
+      t.layout = static_cast<Layout>(layout);
       const uint32_t ndim = table.scalar<uint32_t>("a rank");
       if (ndim < 1 || ndim > static_cast<uint32_t>(kMaxDims))
         fail(ErrorCode::Format, "tensor '" + t.name + "' has " + std::to_string(ndim) + " dimensions");
@@ -452,7 +435,7 @@ std::shared_ptr<const File> File::open(const std::string& path, bool verify_data
       t.checksum = table.scalar<uint64_t>("a checksum");
       uint64_t expected;
       try {
-        expected = tensor_bytes(t.dtype, t.shape);
+        expected = tensor_bytes(t.dtype, t.shape, t.layout);
       } catch (const Error& e) {
         fail(ErrorCode::Format, "tensor '" + t.name + "': " + e.what());
       }

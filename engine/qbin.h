@@ -17,7 +17,7 @@
 namespace octet::qbin {
 
 constexpr char kMagic[8] = {'O', 'C', 'T', 'E', 'T', 'Q', 'B', '1'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 constexpr uint64_t kAlignment = 64;  // every tensor's data starts at a multiple of this
 constexpr int kMaxDims = 4;
 
@@ -60,7 +60,8 @@ class Metadata {
 struct TensorInfo {
   std::string name;
   DType dtype = DType::F32;
-  std::vector<int64_t> shape;  // row-major; the last dimension is contiguous (a row)
+  Layout layout = Layout::Rows;  // Packed: a Q8_0/Q4_0 matrix interleaved for the kernels
+  std::vector<int64_t> shape;  // the last dimension is contiguous (a row)
   uint64_t offset = 0;         // from the start of the data section
   uint64_t size = 0;           // bytes
   uint64_t checksum = 0;       // checksum64 of the tensor's bytes
@@ -70,11 +71,12 @@ struct TensorInfo {
   int64_t cols() const { return shape.empty() ? 1 : shape.back(); }
 };
 
-// Bytes a tensor of this type and shape occupies; throws (Format) if the shape is invalid for the
-// type (non-positive dims, a row not a multiple of the block size, or an overflowing size).
-uint64_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape);
+// Bytes a tensor of this type, shape and layout occupies; throws (Format) if the shape is invalid
+// for them (non-positive dims, a row not a multiple of the block size, an overflowing size, or a
+// packed tensor that is not a Q8_0/Q4_0 matrix).
+uint64_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape, Layout layout = Layout::Rows);
 
-// Fast non-cryptographic 64-bit checksum (detects corruption, not tampering).
+// Fast non-cryptographic 64-bit checksum, XXH3-64 with seed 0 (detects corruption, not tampering).
 uint64_t checksum64(const void* data, size_t size);
 
 // Writes a file in one pass: the caller declares every tensor up front, then streams their data
@@ -86,13 +88,14 @@ class Writer {
     std::string name;
     DType dtype;
     std::vector<int64_t> shape;
+    Layout layout = Layout::Rows;
   };
   Writer(const std::string& path, const Metadata& metadata, const std::vector<Declared>& tensors);
   ~Writer();
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
-  // Data for the next declared tensor, exactly tensor_bytes(dtype, shape) bytes.
+  // Data for the next declared tensor, exactly tensor_bytes(dtype, shape, layout) bytes.
   void write_next(const void* data, size_t bytes);
   void finish();
   uint64_t bytes_written() const;
@@ -121,11 +124,6 @@ class File {
   const TensorInfo& require(std::string_view name, const std::vector<int64_t>& shape) const;
   const void* data(const TensorInfo& t) const { return base_ + data_offset_ + t.offset; }
   uint64_t file_size() const { return size_; }
-  // Tells the OS this process no longer needs the pages lying wholly inside [p, p + bytes) (a
-  // range of the mapping), so they leave its resident set: for tensors the runtime has copied
-  // (repacked) and will not read again. Only a hint: a later read of those bytes still works,
-  // the pages are read again from the file.
-  void release(const void* p, uint64_t bytes) const;
 
  private:
   File() = default;

@@ -15,6 +15,11 @@ namespace octet {
 // Element types of stored tensors. The numeric values are written into .qbin files: never reuse one.
 enum class DType : uint32_t { F32 = 0, F16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4 };
 
+// How a matrix's rows lie in memory, and in a .qbin file (the values are written there too).
+// Rows: row after row. Packed: Q8_0/Q4_0 rows interleaved in groups of 16 for the kernels
+// (kernels.h, PackedWeights), the rows past the last full group row after row.
+enum class Layout : uint32_t { Rows = 0, Packed = 1 };
+
 constexpr int kBlockSize = 32;  // elements per quantized block, for every block type
 
 // 32 int8 values, one fp16 scale: x = d * q. 8.5 bits per weight.

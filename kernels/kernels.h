@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "kernels/blocks.h"
 
@@ -58,11 +59,12 @@ void attend(const AttendArgs& args);
 
 // ---- Packed (interleaved) weights ----------------------------------------------------------
 //
-// A Q8_0 or Q4_0 matrix rearranged at load time so that one 64-byte vector holds 4 consecutive
-// k-bytes of kPackRows = 16 different rows: a SIMD kernel's 16 int32 lanes are then 16 outputs, and
-// no output needs a horizontal sum. Rows come in groups of 16; the last N % 16 rows are not
-// packed and are read from the original row-major matrix. Layout of one group (nb = K / 32 blocks):
-//   scales: nb x 16 fp16 (block b, row i at [b * 16 + i]), padded to a multiple of 64 bytes; then
+// A Q8_0 or Q4_0 matrix rearranged so that one 64-byte vector holds 4 consecutive k-bytes of
+// kPackRows = 16 different rows: a SIMD kernel's 16 int32 lanes are then 16 outputs, and no
+// output needs a horizontal sum. The converter writes matrices this way (Layout::Packed), so the
+// runtime maps them as they are. A packed matrix of N rows, K columns (nb = K / 32 blocks) is
+// N / 16 groups of group_bytes each, then the N % 16 remaining rows, row-major. One group:
+//   scales: nb x 16 fp16 (block b, row i at [b * 16 + i]), zero-padded to a multiple of 64 bytes; then
 //   Q8_0: per block 8 chunks of 64 bytes; chunk c holds, for row i at bytes 4i..4i+3, the weights
 //         4c..4c+3 of row i's block, stored as u8 = int8 + 128 (xor 0x80);
 //   Q4_0: per block 4 vectors of 64 bytes; vector p holds at bytes 4i..4i+3 the bytes
@@ -71,47 +73,68 @@ void attend(const AttendArgs& args);
 // in block order (packed_reference in packed.cpp); every backend's packed kernel gives those bits.
 constexpr int kPackRows = 16;
 
-// Frees pages of their own (mmap), which go back to the OS at once: a malloc heap would keep
-// the memory of an unloaded model.
-struct UnmapPages {
-  size_t bytes = 0;
-  void operator()(uint8_t* p) const;
-};
-
+// A packed matrix in memory (a mapped file, or a PackedBuffer); a view, owning nothing. Its
+// data must be 64-byte aligned.
 struct PackedWeights {
   DType dtype = DType::Q8_0;
-  int64_t rows = 0;         // N of the original matrix
+  int64_t rows = 0;         // N
   int64_t cols = 0;         // K
-  int64_t groups = 0;       // rows / kPackRows: rows [0, groups * kPackRows) are packed
+  int64_t groups = 0;       // rows / kPackRows: rows [0, groups * kPackRows) are interleaved
   size_t group_bytes = 0;   // bytes per group
   size_t quant_offset = 0;  // offset of the quants within a group (after the scales)
-  std::unique_ptr<uint8_t, UnmapPages> data;  // groups * group_bytes, page-aligned
+  const uint8_t* data = nullptr;
 
-  const uint8_t* group(int64_t g) const { return data.get() + (size_t)g * group_bytes; }
+  const uint8_t* group(int64_t g) const { return data + (size_t)g * group_bytes; }
   int64_t packed_rows() const { return groups * kPackRows; }
-  size_t bytes() const { return (size_t)groups * group_bytes; }
+  const uint8_t* tail() const { return data + (size_t)groups * group_bytes; }  // the remaining rows
 };
 
-// True when the active backend has a fast packed kernel for t (and the type can be packed): only
-// then does packing a matrix pay. A packed matrix still works under any backend (a scalar
-// reference stands in where a backend has no packed kernel).
-bool packing_pays(DType t);
 bool packable(DType t);  // Q8_0, Q4_0
-// Packs the first (N / kPackRows) * kPackRows rows of W (N rows of K elements of type t, which
-// must be packable, K a multiple of kBlockSize). Runs on the calling thread.
-PackedWeights pack_weights(DType t, const void* W, int64_t N, int64_t K);
-// The same in steps (a loader that releases each slice of W once packed): allocate_packed sizes
-// and allocates, leaving the groups unset; pack_groups fills groups [g0, g1) from W.
-PackedWeights allocate_packed(DType t, int64_t N, int64_t K);
-void pack_groups(PackedWeights& P, const void* W, int64_t g0, int64_t g1);
-// Row n (< packed_rows()) of a packed matrix, dequantized: the same floats as dequantize_row of
-// the original row.
+// Bytes of the packed form of an N x K matrix of type t; 0 when t is not packable, N < 0 or K is
+// not a valid row length for t.
+size_t packed_bytes(DType t, int64_t N, int64_t K);
+// The packed matrix at `data` (packed_bytes(t, N, K) bytes, 64-byte aligned).
+PackedWeights packed_view(DType t, const void* data, int64_t N, int64_t K);
+// Writes the packed form of W (N row-major rows of K elements of type t) to out, which holds
+// packed_bytes(t, N, K) bytes. Runs on the calling thread.
+void pack_matrix(DType t, const void* W, int64_t N, int64_t K, uint8_t* out);
+
+// A packed copy of a row-major matrix, in memory of its own (64-byte aligned).
+class PackedBuffer {
+ public:
+  PackedBuffer(DType t, const void* W, int64_t N, int64_t K);
+  const PackedWeights& view() const { return view_; }
+  const uint8_t* bytes() const { return storage_.get(); }
+  size_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const;
+  };
+  std::unique_ptr<uint8_t, Free> storage_;
+  size_t size_ = 0;
+  PackedWeights view_;
+};
+
+// True when the active backend has a fast packed kernel for t; elsewhere packed matrices run on
+// the scalar reference (same bits, slower).
+bool packed_kernel_active(DType t);
+// Row n (< N) of a packed matrix, dequantized: the same floats as dequantize_row of the original row.
 void dequantize_packed_row(const PackedWeights& P, int64_t n, float* out);
-// Y = X W^T as matmul() does, with the packed rows from P and the remaining N % 16 rows from the
-// original row-major W (which may be null when P has no such rows). No output's bits depend on M
-// or the thread count; packed rows get the reference's bits under every backend (a backend
-// without packed kernels runs the scalar reference), the other rows those of matmul().
-void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_t M, float* Y, int64_t ldy);
+// Y = X W^T as matmul() does, for a packed W. No output's bits depend on M or the thread count:
+// the interleaved rows get the reference's bits under every backend, the remaining N % 16 rows
+// those of matmul() on the row-major kernels.
+void matmul_packed(const PackedWeights& P, const float* X, int64_t M, float* Y, int64_t ldy);
+// Several packed matrices of one type and K applied to the same X (a layer's q, k and v, or its
+// gate and up): Y_j = X W_j^T, with X quantized once and all their rows shared out in one
+// parallel region; each output has the bits a matmul_packed of its own matrix gives it.
+struct PackedProduct {
+  PackedWeights w;
+  float* y;
+  int64_t ldy;
+};
+constexpr size_t kMaxPackedProducts = 4;
+void matmul_packed(std::span<const PackedProduct> products, const float* X, int64_t M);
 
 // Long-row float math of the decoders, on the active backend (SIMD backends use the polynomial
 // exp described above).

@@ -2,6 +2,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <span>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -110,36 +111,45 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
   }
 }
 
-void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_t M, float* Y, int64_t ldy) {
-  const DType wtype = P.dtype;
-  const int64_t N = P.rows, K = P.cols;
-  if (M <= 0 || N <= 0) return;
-  if (ldy < N) bad_call("ldy < N", wtype, K, N, ldy);
+void matmul_packed(std::span<const PackedProduct> products, const float* X, int64_t M) {
+  if (M <= 0 || products.empty()) return;
+  if (products.size() > kMaxPackedProducts) bad_call("too many products in one call", products[0].w.dtype, 0, 0, 0);
+  const DType wtype = products[0].w.dtype;
+  const int64_t K = products[0].w.cols;
   const size_t w_stride = row_bytes(wtype, K);
-  if (w_stride == 0 || !packable(wtype)) bad_call("not a packed matrix", wtype, K, N, ldy);
-  const int64_t packed_rows = P.packed_rows();
-  if (packed_rows < N && W == nullptr) bad_call("rows beyond the packed groups and no row-major matrix", wtype, K, N, ldy);
+  int64_t total_rows = 0;
+  for (const PackedProduct& p : products) {
+    if (p.w.dtype != wtype || p.w.cols != K || w_stride == 0 || !packable(wtype))
+      bad_call("products of different types or lengths, or not packed", p.w.dtype, p.w.cols, p.w.rows, p.ldy);
+    if (p.ldy < p.w.rows) bad_call("ldy < N", wtype, K, p.w.rows, p.ldy);
+    total_rows += p.w.rows;
+  }
 
   const Backend& backend = active_backend();
   const PackedTileFn fast = backend.packed_tile[(int)wtype];
   const PackedTileFn tile = fast != nullptr ? fast : packed_reference_tile(wtype);
+  const DotTileFn dot = backend.dot[(int)wtype];
+  const DotBlockFn dot_block = backend.dot_block[(int)wtype];
   const int64_t nb = K / kBlockSize;
 
-  // Activation blocks and their offset corrections, as in matmul.
+  // Activation blocks and their offset corrections, as in matmul: once for all the products.
   BlockQ8A* act = calling_thread_scratch<BlockQ8A>((size_t)M * (size_t)nb);
   int32_t* corr = calling_thread_scratch<int32_t>((size_t)M * (size_t)nb);
   const size_t x_stride = (size_t)nb * sizeof(BlockQ8A);
 
-  // Chunks of whole groups, sized like matmul's, then one chunk for the row-major tail rows.
-  const int64_t groups = P.groups;
-  const int64_t chunk_groups = units_per_chunk(P.group_bytes, groups);
-  const int64_t group_chunks = (groups + chunk_groups - 1) / chunk_groups;
-  const int64_t chunks = group_chunks + (packed_rows < N ? 1 : 0);
-  const DotTileFn dot = backend.dot[(int)wtype];
-  const DotBlockFn dot_block = backend.dot_block[(int)wtype];
-  const char* w_base = static_cast<const char*>(W);
+  // Per product: chunks of whole groups, sized like matmul's over all the products' groups, then
+  // one chunk for its row-major tail rows. first_chunk[j] is product j's first chunk.
+  const PackedWeights& first = products[0].w;
+  const int64_t chunk_groups = units_per_chunk(first.group_bytes, total_rows / kPackRows);
+  int64_t first_chunk[kMaxPackedProducts + 1] = {0};
+  for (size_t j = 0; j < products.size(); ++j) {
+    const PackedWeights& w = products[j].w;
+    const bool has_tail = w.packed_rows() < w.rows;
+    first_chunk[j + 1] = first_chunk[j] + (w.groups + chunk_groups - 1) / chunk_groups + (has_tail ? 1 : 0);
+  }
+  const int64_t chunks = first_chunk[products.size()];
 
-#pragma omp parallel if (M * N * K >= kMinParallelMacs)
+#pragma omp parallel if (M * total_rows * K >= kMinParallelMacs)
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) {
@@ -148,19 +158,30 @@ void matmul_packed(const PackedWeights& P, const void* W, const float* X, int64_
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c) {
-      if (c < group_chunks) {
-        const int64_t g0 = c * chunk_groups, g1 = std::min(groups, g0 + chunk_groups);
+      size_t j = 0;
+      while (c >= first_chunk[j + 1]) ++j;
+      const PackedWeights& w = products[j].w;
+      float* Y = products[j].y;
+      const int64_t ldy = products[j].ldy, local = c - first_chunk[j];
+      const int64_t g0 = local * chunk_groups;
+      if (g0 < w.groups) {
+        const int64_t g1 = std::min(w.groups, g0 + chunk_groups);
         for (int64_t m0 = 0; m0 < M; m0 += kPackedTileRows) {
           const int rows = (int)std::min<int64_t>(kPackedTileRows, M - m0);
-          tile(P.group(g0), P.group_bytes, g1 - g0, P.quant_offset, nb, act + m0 * nb, corr + m0 * nb, rows,
+          tile(w.group(g0), w.group_bytes, g1 - g0, w.quant_offset, nb, act + m0 * nb, corr + m0 * nb, rows,
                Y + m0 * ldy + g0 * kPackRows, ldy);
         }
       } else {
-        row_major_rows(dot, dot_block, w_base, w_stride, packed_rows, N, reinterpret_cast<const char*>(act), x_stride, M,
-                       K, Y, ldy);
+        row_major_rows(dot, dot_block, reinterpret_cast<const char*>(w.tail()), w_stride, 0, w.rows - w.packed_rows(),
+                       reinterpret_cast<const char*>(act), x_stride, M, K, Y + w.packed_rows(), ldy);
       }
     }
   }
+}
+
+void matmul_packed(const PackedWeights& P, const float* X, int64_t M, float* Y, int64_t ldy) {
+  const PackedProduct product{P, Y, ldy};
+  matmul_packed({&product, 1}, X, M);
 }
 
 }  // namespace octet::kernels

@@ -1,11 +1,11 @@
-// Packed weights: the load-time repacking, its inverse (for tests) and the scalar reference
+// Packed weights: the packing (the converter's), its inverse (embedding lookups) and the scalar reference
 // kernel, which defines the arithmetic every packed kernel reproduces bit for bit:
 //   per output and block b: s_b = exact int32 sum of the 32 int8 x int8 products,
 //   acc = fma(float(s_b), dw_b * dx_b, acc) in block order (acc starts at 0), y = acc.
-#include <sys/mman.h>
-
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 
@@ -77,54 +77,53 @@ void packed_corrections(DType t, const BlockQ8A* x, int64_t nb, int32_t* corr) {
 
 bool packable(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
 
-bool packing_pays(DType t) { return packable(t) && active_backend().packed_tile[(int)t] != nullptr; }
+bool packed_kernel_active(DType t) { return packable(t) && active_backend().packed_tile[(int)t] != nullptr; }
 
-PackedWeights pack_weights(DType t, const void* W, int64_t N, int64_t K) {
-  PackedWeights P = allocate_packed(t, N, K);
-  pack_groups(P, W, 0, P.groups);
-  return P;
-}
+namespace {
 
-PackedWeights allocate_packed(DType t, int64_t N, int64_t K) {
-  const size_t w_stride = row_bytes(t, K);
-  if (!packable(t) || w_stride == 0 || N < 0) {
-    std::fprintf(stderr, "octet::kernels::pack_weights: cannot pack %s, N %lld, K %lld\n", dtype_name(t),
-                 (long long)N, (long long)K);
-    std::abort();
-  }
+// The view's geometry, data unset; false when the matrix cannot be packed.
+bool packed_geometry(DType t, int64_t N, int64_t K, PackedWeights& P) {
+  if (!packable(t) || row_bytes(t, K) == 0 || N < 0) return false;
   const int64_t nb = K / kBlockSize;
-  PackedWeights P;
   P.dtype = t;
   P.rows = N;
   P.cols = K;
   P.groups = N / kPackRows;
   P.quant_offset = round_up((size_t)nb * kPackRows * sizeof(uint16_t), kAlign);
   P.group_bytes = P.quant_offset + (size_t)nb * quant_block_bytes(t);
-  if (P.groups == 0) return P;
-  void* mem = ::mmap(nullptr, P.bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) throw std::bad_alloc();
-  P.data = std::unique_ptr<uint8_t, UnmapPages>(static_cast<uint8_t*>(mem), {P.bytes()});
+  return true;
+}
+
+}  // namespace
+
+size_t packed_bytes(DType t, int64_t N, int64_t K) {
+  PackedWeights P;
+  if (!packed_geometry(t, N, K, P)) return 0;
+  return (size_t)P.groups * P.group_bytes + (size_t)(N - P.packed_rows()) * row_bytes(t, K);
+}
+
+PackedWeights packed_view(DType t, const void* data, int64_t N, int64_t K) {
+  PackedWeights P;
+  if (!packed_geometry(t, N, K, P) || reinterpret_cast<uintptr_t>(data) % kAlign != 0) {
+    std::fprintf(stderr, "octet::kernels::packed_view: not a packed %s matrix of N %lld, K %lld at %p\n", dtype_name(t),
+                 (long long)N, (long long)K, data);
+    std::abort();
+  }
+  P.data = static_cast<const uint8_t*>(data);
   return P;
 }
 
-void UnmapPages::operator()(uint8_t* p) const { ::munmap(p, bytes); }
-
-void pack_groups(PackedWeights& P, const void* W, int64_t g0, int64_t g1) {
-  const DType t = P.dtype;
-  const size_t w_stride = row_bytes(t, P.cols);
-  const int64_t nb = P.cols / kBlockSize;
+void pack_matrix(DType t, const void* W, int64_t N, int64_t K, uint8_t* out) {
+  const PackedWeights P = packed_view(t, out, N, K);
+  const size_t w_stride = row_bytes(t, K);
+  const int64_t nb = K / kBlockSize;
   const uint8_t* src = static_cast<const uint8_t*>(W);
-  uint8_t* dst = P.data.get();
   const size_t qb = quant_block_bytes(t), block_bytes = row_bytes(t, kBlockSize);
-  // Block by block, 16 rows each: the writes go out in order, 4 bytes at a time. On one thread:
-  // the time goes mostly to first-touch page faults of the new buffer, which a second thread does
-  // not speed up (measured on the 2-core VM: a TinyLlama Q8_0 load took 0.85 s on one thread and
-  // 1.65 s with an OpenMP loop here).
-  for (int64_t g = g0; g < g1; ++g) {
-    uint8_t* out = dst + (size_t)g * P.group_bytes;
-    uint16_t* scales = reinterpret_cast<uint16_t*>(out);
-    std::memset(out + nb * kPackRows * sizeof(uint16_t), 0, P.quant_offset - nb * kPackRows * sizeof(uint16_t));
-    uint8_t* quants = out + P.quant_offset;
+  for (int64_t g = 0; g < P.groups; ++g) {
+    uint8_t* group = out + (size_t)g * P.group_bytes;
+    uint16_t* scales = reinterpret_cast<uint16_t*>(group);
+    std::memset(group + nb * kPackRows * sizeof(uint16_t), 0, P.quant_offset - nb * kPackRows * sizeof(uint16_t));
+    uint8_t* quants = group + P.quant_offset;
     const uint8_t* rows = src + (size_t)g * kPackRows * w_stride;
     for (int64_t b = 0; b < nb; ++b) {
       uint8_t* q = quants + b * qb;
@@ -145,9 +144,24 @@ void pack_groups(PackedWeights& P, const void* W, int64_t g0, int64_t g1) {
       }
     }
   }
+  const int64_t tail_rows = N - P.packed_rows();
+  if (tail_rows > 0)
+    std::memcpy(out + (size_t)P.groups * P.group_bytes, src + (size_t)P.packed_rows() * w_stride, tail_rows * w_stride);
 }
 
+PackedBuffer::PackedBuffer(DType t, const void* W, int64_t N, int64_t K) : size_(packed_bytes(t, N, K)) {
+  // aligned_alloc wants a size that is a multiple of the alignment (and > 0).
+  storage_.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, round_up(std::max<size_t>(size_, 1), kAlign))));
+  if (!storage_) throw std::bad_alloc();
+  pack_matrix(t, W, N, K, storage_.get());
+  view_ = packed_view(t, storage_.get(), N, K);
+}
+
+void PackedBuffer::Free::operator()(uint8_t* p) const { std::free(p); }
+
 void dequantize_packed_row(const PackedWeights& P, int64_t n, float* out) {
+  if (n >= P.packed_rows())
+    return dequantize_row(P.dtype, P.tail() + (size_t)(n - P.packed_rows()) * row_bytes(P.dtype, P.cols), out, P.cols);
   const int64_t nb = P.cols / kBlockSize;
   const uint8_t* group = P.group(n / kPackRows);
   const int i = (int)(n % kPackRows);

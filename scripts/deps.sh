@@ -2,7 +2,7 @@
 # The Debian packages Octet builds and tests with. Run it to install the missing ones
 # (apt-get; as root, or through sudo); source it for OCTET_DEPS and octet_install_deps.
 OCTET_DEPS=(build-essential cmake pkg-config libsentencepiece-dev doctest-dev nlohmann-json3-dev
-            libpcre2-dev libutf8proc-dev libcurl4-openssl-dev)
+            libpcre2-dev libutf8proc-dev libcurl4-openssl-dev libxxhash-dev)
 
 octet_install_deps() {
   local missing=() pkg arch

@@ -66,11 +66,18 @@ std::vector<uint8_t> reference_bytes(DType type, const std::vector<float>& value
   return bytes;
 }
 
+// Q8_0 and Q4_0 matrices must be stored packed (the kernels' interleaved form), the rest row-major.
 bool stored_as(const qbin::File& file, const std::string& name, DType type, const std::vector<float>& source) {
   const qbin::TensorInfo* info = file.find(name);
   REQUIRE_MESSAGE(info != nullptr, name);
   if (info->dtype != type) return false;
-  const std::vector<uint8_t> expected = reference_bytes(type, source, info->cols());
+  std::vector<uint8_t> expected = reference_bytes(type, source, info->cols());
+  const bool packed = kernels::packable(type) && info->shape.size() == 2;
+  if (info->layout != (packed ? Layout::Packed : Layout::Rows)) return false;
+  if (packed) {
+    const kernels::PackedBuffer buffer(type, expected.data(), info->rows(), info->cols());
+    expected.assign(buffer.bytes(), buffer.bytes() + buffer.size());
+  }
   return expected.size() == info->size && std::memcmp(expected.data(), file.data(*info), info->size) == 0;
 }
 

@@ -610,12 +610,11 @@ namespace {
 constexpr DType kPackedTypes[] = {DType::Q8_0, DType::Q4_0};
 
 // matmul_packed on backend `name`, into a Y with row stride N + 3 whose padding must survive.
-std::vector<float> run_packed(const char* name, const PackedWeights& p, const std::vector<uint8_t>& w,
-                              const std::vector<float>& x, int64_t m) {
+std::vector<float> run_packed(const char* name, const PackedWeights& p, const std::vector<float>& x, int64_t m) {
   REQUIRE(force_backend(name));
   const int64_t n = p.rows, ldy = n + 3;
   std::vector<float> y(m * ldy, -12345.0f);
-  matmul_packed(p, w.data(), x.data(), m, y.data(), ldy);
+  matmul_packed(p, x.data(), m, y.data(), ldy);
   std::vector<float> out(m * n);
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t c = n; c < ldy; ++c) REQUIRE(y[r * ldy + c] == -12345.0f);
@@ -631,45 +630,52 @@ bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 TEST_CASE("packed: which backends pack which types") {
   BackendGuard guard;
   REQUIRE(force_backend("scalar"));
-  for (DType t : kAllTypes) CHECK_FALSE(packing_pays(t));
+  for (DType t : kAllTypes) CHECK_FALSE(packed_kernel_active(t));
   CHECK(packable(DType::Q8_0));
   CHECK(packable(DType::Q4_0));
   CHECK_FALSE(packable(DType::Q4_1));
   CHECK_FALSE(packable(DType::F16));
   for (const char* fast : {"avx2", "avx512", "neon"}) {
     if (!force_backend(fast)) continue;
-    CHECK(packing_pays(DType::Q8_0));
-    CHECK(packing_pays(DType::Q4_0));
-    CHECK_FALSE(packing_pays(DType::Q4_1));
-    CHECK_FALSE(packing_pays(DType::F32));
+    CHECK(packed_kernel_active(DType::Q8_0));
+    CHECK(packed_kernel_active(DType::Q4_0));
+    CHECK_FALSE(packed_kernel_active(DType::Q4_1));
+    CHECK_FALSE(packed_kernel_active(DType::F32));
   }
 }
 
-TEST_CASE("packed: round trip, every packed row dequantizes to the original row") {
+TEST_CASE("packed: round trip, every row dequantizes to the original row") {
   std::mt19937 rng(101);
   for (DType t : kPackedTypes) {
     for (int64_t k : {32, 96, 2048}) {
       const int64_t n = 53;  // 3 groups and 5 rows left over
       const std::vector<uint8_t> w = quantize(t, random_floats(rng, n * k), n, k);
-      const PackedWeights p = pack_weights(t, w.data(), n, k);
+      const PackedBuffer buffer(t, w.data(), n, k);
+      const PackedWeights& p = buffer.view();
       REQUIRE(p.groups == 3);
       REQUIRE(p.packed_rows() == 48);
-      CHECK(reinterpret_cast<uintptr_t>(p.data.get()) % 64 == 0);
+      CHECK(reinterpret_cast<uintptr_t>(p.data) % 64 == 0);
       CHECK(p.group_bytes % 64 == 0);
+      // The groups, then the 5 remaining rows exactly as stored.
+      CHECK(buffer.size() == 3 * p.group_bytes + 5 * row_bytes(t, k));
+      CHECK(std::memcmp(p.tail(), w.data() + 48 * row_bytes(t, k), 5 * row_bytes(t, k)) == 0);
       const std::vector<float> want = dequantize(t, w, n, k);
       std::vector<float> got(k);
-      for (int64_t r = 0; r < p.packed_rows(); ++r) {
+      for (int64_t r = 0; r < n; ++r) {
         dequantize_packed_row(p, r, got.data());
         if (std::memcmp(got.data(), want.data() + r * k, k * sizeof(float)) != 0)
           FAIL(std::string(dtype_name(t)) << " K=" << k << " row " << r << " differs after packing");
       }
     }
-    // Fewer rows than a group: nothing packed, all rows are the tail.
+    // Fewer rows than a group: nothing interleaved, the packed form is the row-major matrix.
     const std::vector<uint8_t> w = quantize(t, random_floats(rng, 7 * 64), 7, 64);
-    const PackedWeights p = pack_weights(t, w.data(), 7, 64);
-    CHECK(p.groups == 0);
-    CHECK(p.data == nullptr);
+    const PackedBuffer buffer(t, w.data(), 7, 64);
+    CHECK(buffer.view().groups == 0);
+    REQUIRE(buffer.size() == w.size());
+    CHECK(std::memcmp(buffer.bytes(), w.data(), w.size()) == 0);
   }
+  CHECK(packed_bytes(DType::Q4_1, 16, 32) == 0);
+  CHECK(packed_bytes(DType::Q8_0, 16, 33) == 0);
 }
 
 TEST_CASE("packed: the reference is close to a double matmul of the dequantized weights") {
@@ -688,8 +694,8 @@ TEST_CASE("packed: the reference is close to a double matmul of the dequantized 
       const std::vector<float> wd = dequantize(t, w, n, k);
       const std::vector<float> x = random_floats(rng, m * k, 2.0f);
       const std::vector<float> xq = quantized_activations(x, m, k);
-      const PackedWeights p = pack_weights(t, w.data(), n, k);
-      const std::vector<float> y = run_packed("scalar", p, w, x, m);
+      const PackedBuffer p(t, w.data(), n, k);
+      const std::vector<float> y = run_packed("scalar", p.view(), x, m);
       for (int64_t r = 0; r < m; ++r) {
         for (int64_t c = 0; c < n; ++c) {
           double exact = 0, abs_terms = 0;
@@ -716,13 +722,14 @@ TEST_CASE("packed: every backend gives the packed rows the reference's bits, and
     for (int64_t k : {32, 64, 96, 160, 1024, 4096 + 32}) {
       for (int64_t n : {5, 16, 37, 71}) {
         const std::vector<uint8_t> w = quantize(t, random_floats(rng, n * k), n, k);
-        const PackedWeights p = pack_weights(t, w.data(), n, k);
+        const PackedBuffer buffer(t, w.data(), n, k);
+        const PackedWeights& p = buffer.view();
         for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 17}) {
           const std::vector<float> x = random_floats(rng, m * k, 2.0f);
-          const std::vector<float> ref = run_packed("scalar", p, w, x, m);
+          const std::vector<float> ref = run_packed("scalar", p, x, m);
           for (const std::string& name : backends()) {
             CAPTURE(name);
-            const std::vector<float> got = run_packed(name.c_str(), p, w, x, m);
+            const std::vector<float> got = run_packed(name.c_str(), p, x, m);
             const std::vector<float> plain = run_matmul(name.c_str(), t, w, n, k, x, m);
             for (int64_t r = 0; r < m; ++r)
               for (int64_t c = 0; c < n; ++c) {
@@ -734,7 +741,7 @@ TEST_CASE("packed: every backend gives the packed rows the reference's bits, and
             // Each row alone (M = 1, the decode path) gives the bits it has in the batch.
             for (int64_t r = 0; r < m; ++r) {
               const std::vector<float> row(x.begin() + r * k, x.begin() + (r + 1) * k);
-              const std::vector<float> alone = run_packed(name.c_str(), p, w, row, 1);
+              const std::vector<float> alone = run_packed(name.c_str(), p, row, 1);
               for (int64_t c = 0; c < n; ++c)
                 if (!same_bits(got[r * n + c], alone[c]))
                   FAIL(name << " " << std::string(dtype_name(t)) << " M=" << m << " N=" << n << " K=" << k << " row " << r
@@ -772,17 +779,55 @@ TEST_CASE("packed: extreme weights and activations give the reference's bits (no
           else if (j < kBlockSize / 2) blk[2 + j] = (high(j) ? 15 : 0) | (high(j + 16) ? 0xf0 : 0);
         }
       }
-    const PackedWeights p = pack_weights(t, w.data(), n, k);
+    const PackedBuffer buffer(t, w.data(), n, k);
+    const PackedWeights& p = buffer.view();
     for (int64_t m : {1, 6}) {
       const std::vector<float> xm(x.begin(), x.begin() + m * k);
-      const std::vector<float> ref = run_packed("scalar", p, w, xm, m);
+      const std::vector<float> ref = run_packed("scalar", p, xm, m);
       for (const std::string& name : backends()) {
-        const std::vector<float> got = run_packed(name.c_str(), p, w, xm, m);
+        const std::vector<float> got = run_packed(name.c_str(), p, xm, m);
         for (int64_t r = 0; r < m; ++r)
           for (int64_t c = 0; c < p.packed_rows(); ++c)
             if (!same_bits(got[r * n + c], ref[r * n + c]))
               FAIL(name << " " << std::string(dtype_name(t)) << " M=" << m << " at (" << r << "," << c
                         << "): " << got[r * n + c] << " vs " << ref[r * n + c]);
+      }
+    }
+  }
+}
+
+TEST_CASE("packed: several products of one input in one call give each the bits of its own call") {
+  // q, k and v of a layer: different N (with and without tail rows), the same K and X.
+  BackendGuard guard;
+  std::mt19937 rng(105);
+  for (DType t : kPackedTypes) {
+    const int64_t k = 256, m = 3;
+    const int64_t ns[] = {64, 21, 5};
+    std::vector<std::vector<uint8_t>> ws;
+    std::vector<PackedBuffer> buffers;
+    for (int64_t n : ns) {
+      ws.push_back(quantize(t, random_floats(rng, n * k), n, k));
+      buffers.emplace_back(t, ws.back().data(), n, k);
+    }
+    const std::vector<float> x = random_floats(rng, m * k, 2.0f);
+    for (const std::string& name : backends()) {
+      CAPTURE(name);
+      REQUIRE(force_backend(name.c_str()));
+      std::vector<std::vector<float>> fused;
+      std::vector<PackedProduct> products;
+      for (size_t j = 0; j < buffers.size(); ++j) {
+        fused.emplace_back(m * (ns[j] + 1), -7.0f);  // ldy = N + 1: the padding must survive
+        products.push_back({buffers[j].view(), fused.back().data(), ns[j] + 1});
+      }
+      matmul_packed(products, x.data(), m);
+      for (size_t j = 0; j < buffers.size(); ++j) {
+        const std::vector<float> alone = run_packed(name.c_str(), buffers[j].view(), x, m);
+        for (int64_t r = 0; r < m; ++r) {
+          CHECK(fused[j][r * (ns[j] + 1) + ns[j]] == -7.0f);
+          for (int64_t c = 0; c < ns[j]; ++c)
+            if (!same_bits(fused[j][r * (ns[j] + 1) + c], alone[r * ns[j] + c]))
+              FAIL(name << " " << std::string(dtype_name(t)) << " product " << j << " at (" << r << "," << c << ")");
+        }
       }
     }
   }
@@ -794,22 +839,23 @@ TEST_CASE("packed: same result with 1 or 2 threads, no allocation once warm") {
   const int64_t m = 11, n = 16 * 40 + 3, k = 1024;  // enough work for both threads
   const std::vector<float> x = random_floats(rng, m * k);
   const std::vector<uint8_t> w = quantize(DType::Q4_0, random_floats(rng, n * k), n, k);
-  const PackedWeights p = pack_weights(DType::Q4_0, w.data(), n, k);
+  const PackedBuffer buffer(DType::Q4_0, w.data(), n, k);
+  const PackedWeights& p = buffer.view();
   const int threads = omp_get_max_threads();
   for (const std::string& name : backends()) {
     omp_set_num_threads(1);
-    const std::vector<float> one = run_packed(name.c_str(), p, w, x, m);
+    const std::vector<float> one = run_packed(name.c_str(), p, x, m);
     omp_set_num_threads(2);
-    const std::vector<float> two = run_packed(name.c_str(), p, w, x, m);
+    const std::vector<float> two = run_packed(name.c_str(), p, x, m);
     CHECK(std::memcmp(one.data(), two.data(), one.size() * 4) == 0);
   }
   omp_set_num_threads(threads);
   std::vector<float> y(m * n);
-  matmul_packed(p, w.data(), x.data(), m, y.data(), n);  // warm up
+  matmul_packed(p, x.data(), m, y.data(), n);  // warm up
   g_allocations = 0;
   g_count_allocations = true;
-  matmul_packed(p, w.data(), x.data(), m, y.data(), n);
-  matmul_packed(p, w.data(), x.data(), 1, y.data(), n);
+  matmul_packed(p, x.data(), m, y.data(), n);
+  matmul_packed(p, x.data(), 1, y.data(), n);
   g_count_allocations = false;
   CHECK(g_allocations == 0);
 }

@@ -186,7 +186,7 @@ TEST_CASE("embedding dequantizes one row, matmul is x W^T") {
   std::mt19937 rng(4);
   const int64_t rows = 5, cols = 64, m = 3;
   const std::vector<float> w = random_vector(rng, rows * cols, 1.0f), x = random_vector(rng, m * cols, 1.0f);
-  const ops::Matrix matrix{DType::F32, w.data(), rows, cols, nullptr};
+  const ops::Matrix matrix{DType::F32, Layout::Rows, w.data(), rows, cols};
   std::vector<float> row(cols);
   ops::embedding(matrix, 3, row.data());
   CHECK(std::equal(row.begin(), row.end(), w.begin() + 3 * cols));
@@ -203,17 +203,17 @@ TEST_CASE("embedding dequantizes one row, matmul is x W^T") {
   }
 }
 
-TEST_CASE("a packed matrix: embedding rows from the packed copy equal the stored rows") {
-  // 37 rows: two packed groups of 16 and 5 rows read from the original.
+TEST_CASE("a packed matrix: embedding rows equal those of the row-major matrix") {
+  // 37 rows: two packed groups of 16 and 5 rows past them, stored row-major.
   std::mt19937 rng(5);
   const int64_t rows = 37, cols = 64;
   const std::vector<float> w = random_vector(rng, rows * cols, 1.0f);
   std::vector<uint8_t> stored(rows * kernels::row_bytes(DType::Q8_0, cols));
   kernels::quantize_row(DType::Q8_0, w.data(), stored.data(), rows * cols);
-  ops::Matrix plain{DType::Q8_0, stored.data(), rows, cols, nullptr};
-  ops::Matrix packed = plain;
-  packed.packed = std::make_shared<kernels::PackedWeights>(kernels::pack_weights(DType::Q8_0, stored.data(), rows, cols));
-  REQUIRE(packed.packed->packed_rows() == 32);
+  const kernels::PackedBuffer buffer(DType::Q8_0, stored.data(), rows, cols);
+  REQUIRE(buffer.view().packed_rows() == 32);
+  const ops::Matrix plain{DType::Q8_0, Layout::Rows, stored.data(), rows, cols};
+  const ops::Matrix packed{DType::Q8_0, Layout::Packed, buffer.bytes(), rows, cols};
   std::vector<float> from_plain(cols), from_packed(cols);
   for (int32_t id : {0, 15, 16, 31, 32, 36}) {
     CAPTURE(id);

@@ -35,20 +35,36 @@ qbin::Metadata sample_metadata() {
   return m;
 }
 
-// Writes a file with an f32 [3][5] tensor and a q8_0 [2][64] tensor; returns their contents.
-std::pair<std::vector<float>, std::vector<uint8_t>> write_sample(const fs::path& path) {
-  std::vector<float> a(15);
-  for (int i = 0; i < 15; ++i) a[i] = 0.25f * i - 1.f;
+struct Sample {
+  std::vector<float> a;     // f32 [3][5]
+  std::vector<uint8_t> bq;  // q8_0 [2][64], row-major
+  std::vector<uint8_t> pq;  // q4_0 [17][32], packed: one group of 16 rows and one row after it
+};
+
+// Writes a file holding the three tensors of a Sample; returns their contents.
+Sample write_sample(const fs::path& path) {
+  Sample s;
+  s.a.resize(15);
+  for (int i = 0; i < 15; ++i) s.a[i] = 0.25f * i - 1.f;
   std::vector<float> b(128);
   for (int i = 0; i < 128; ++i) b[i] = std::sin(0.1f * i);
-  std::vector<uint8_t> bq(kernels::row_bytes(DType::Q8_0, 64) * 2);
-  kernels::quantize_row(DType::Q8_0, b.data(), bq.data(), 128);
+  s.bq.resize(kernels::row_bytes(DType::Q8_0, 64) * 2);
+  kernels::quantize_row(DType::Q8_0, b.data(), s.bq.data(), 128);
+  std::vector<float> p(17 * 32);
+  for (size_t i = 0; i < p.size(); ++i) p[i] = std::cos(0.37f * i);
+  std::vector<uint8_t> rows(kernels::row_bytes(DType::Q4_0, 32) * 17);
+  kernels::quantize_row(DType::Q4_0, p.data(), rows.data(), 17 * 32);
+  const kernels::PackedBuffer packed(DType::Q4_0, rows.data(), 17, 32);
+  s.pq.assign(packed.bytes(), packed.bytes() + packed.size());
   qbin::Writer w(path.string(), sample_metadata(),
-                 {{"a", DType::F32, {3, 5}}, {"layers.0.b", DType::Q8_0, {2, 64}}});
-  w.write_next(a.data(), a.size() * 4);
-  w.write_next(bq.data(), bq.size());
+                 {{"a", DType::F32, {3, 5}},
+                  {"layers.0.b", DType::Q8_0, {2, 64}},
+                  {"p", DType::Q4_0, {17, 32}, Layout::Packed}});
+  w.write_next(s.a.data(), s.a.size() * 4);
+  w.write_next(s.bq.data(), s.bq.size());
+  w.write_next(s.pq.data(), s.pq.size());
   w.finish();
-  return {a, bq};
+  return s;
 }
 
 uint64_t read_u64(const std::vector<uint8_t>& f, size_t at) {
@@ -79,7 +95,7 @@ void expect_rejected(const fs::path& path, const std::string& needle) {
 TEST_CASE("metadata and tensors round-trip") {
   TempDir dir("qbin");
   const fs::path path = dir / "m.qbin";
-  auto [a, bq] = write_sample(path);
+  const auto [a, bq, pq] = write_sample(path);
   CHECK_FALSE(fs::exists(path.string() + ".part"));
   auto file = qbin::File::open(path.string());
   const auto& m = file->metadata();
@@ -97,14 +113,21 @@ TEST_CASE("metadata and tensors round-trip") {
   CHECK_THROWS_AS(m.u32("missing"), Error);
   CHECK_THROWS_WITH_AS(m.u32("llama.rms_eps"), doctest::Contains("expected u32"), Error);
 
-  REQUIRE(file->tensors().size() == 2);
+  REQUIRE(file->tensors().size() == 3);
   const auto& ta = file->require("a", {3, 5});
   CHECK(ta.dtype == DType::F32);
+  CHECK(ta.layout == Layout::Rows);
   CHECK(std::memcmp(file->data(ta), a.data(), a.size() * 4) == 0);
   const auto& tb = file->require("layers.0.b", {2, 64});
   CHECK(tb.dtype == DType::Q8_0);
   CHECK(tb.rows() == 2);
   CHECK(std::memcmp(file->data(tb), bq.data(), bq.size()) == 0);
+  const auto& tp = file->require("p", {17, 32});
+  CHECK(tp.dtype == DType::Q4_0);
+  CHECK(tp.layout == Layout::Packed);
+  REQUIRE(tp.size == pq.size());
+  CHECK(pq.size() == kernels::packed_bytes(DType::Q4_0, 17, 32));
+  CHECK(std::memcmp(file->data(tp), pq.data(), pq.size()) == 0);
   for (const auto& t : file->tensors())
     CHECK(reinterpret_cast<uintptr_t>(file->data(t)) % qbin::kAlignment == 0);
   CHECK_THROWS_WITH_AS(file->require("a", {5, 3}), doctest::Contains("expected [5, 3]"), Error);
@@ -124,6 +147,11 @@ TEST_CASE("writer refuses wrong sizes and removes unfinished files") {
   CHECK_FALSE(fs::exists(path.string() + ".part"));
   CHECK_THROWS_AS(qbin::Writer(path.string(), {}, {{"q", DType::Q4_0, {2, 33}}}), Error);  // row not of 32s
   CHECK_THROWS_AS(qbin::Writer(path.string(), {}, {{"d", DType::F32, {2}}, {"d", DType::F32, {2}}}), Error);
+  // Only q8_0 and q4_0 matrices have a packed form.
+  CHECK_THROWS_WITH_AS(qbin::Writer(path.string(), {}, {{"p", DType::Q4_1, {16, 32}, Layout::Packed}}),
+                       doctest::Contains("can be packed"), Error);
+  CHECK_THROWS_WITH_AS(qbin::Writer(path.string(), {}, {{"p", DType::Q8_0, {2, 16, 32}, Layout::Packed}}),
+                       doctest::Contains("can be packed"), Error);
 }
 
 TEST_CASE("every truncation is rejected") {
@@ -180,10 +208,12 @@ TEST_CASE("crafted headers with valid checksums are rejected") {
     f[0] = 'X';
     write_bytes(path, f);
     expect_rejected(path, "bad magic");
-    f = good;
-    put_u32(f, 8, 2);
-    write_bytes(path, f);
-    expect_rejected(path, "unsupported .qbin version 2");
+    for (uint32_t version : {1u, 3u}) {
+      f = good;
+      put_u32(f, 8, version);
+      write_bytes(path, f);
+      expect_rejected(path, "unsupported .qbin version " + std::to_string(version));
+    }
   }
   SUBCASE("sections past the end of the file") {
     auto f = good;
@@ -210,10 +240,10 @@ TEST_CASE("crafted headers with valid checksums are rejected") {
     expect_rejected(path, "truncated tensor table");
   }
   SUBCASE("tensor entries: dtype, rank, dims, size, offset") {
-    // Entry layout: name (4 + len) | dtype | ndim | dims... | offset | size | checksum.
+    // Entry: name (4 + len) | dtype | layout | ndim | dims... | offset | size | checksum.
     const size_t entry = table_offset + 4;
     const size_t name_len = 1;  // "a"
-    const size_t dtype_at = entry + 4 + name_len, ndim_at = dtype_at + 4, dims_at = ndim_at + 4;
+    const size_t dtype_at = entry + 4 + name_len, layout_at = dtype_at + 4, ndim_at = layout_at + 4, dims_at = ndim_at + 4;
     const size_t offset_at = dims_at + 16, size_at = offset_at + 8;
     auto craft = [&](auto&& change, const std::string& needle) {
       auto f = good;
@@ -223,6 +253,9 @@ TEST_CASE("crafted headers with valid checksums are rejected") {
       expect_rejected(path, needle);
     };
     craft([&](auto& f) { put_u32(f, dtype_at, 99); }, "unknown dtype 99");
+    craft([&](auto& f) { put_u32(f, layout_at, 7); }, "unknown layout 7");
+    craft([&](auto& f) { put_u32(f, layout_at, 1); }, "can be packed");  // an f32 tensor
+    craft([&](auto& f) { put_u32(f, dtype_at, 2); put_u32(f, layout_at, 1); }, "");  // q8_0 [3][5]: row not of 32s
     craft([&](auto& f) { put_u32(f, ndim_at, 7); }, "7 dimensions");
     craft([&](auto& f) { put_u64(f, dims_at, 0); }, "out of range");
     craft([&](auto& f) { put_u64(f, dims_at, ~uint64_t{0}); }, "out of range");
