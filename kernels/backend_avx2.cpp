@@ -178,11 +178,6 @@ inline __m256i broadcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
-// How far ahead of its reads a packed kernel prefetches. The hardware prefetcher alone left GEMV
-// from DRAM at ~17 GB/s (the row-major kernel streams ~31); 8-12 KiB ahead gave 36-38 GB/s for
-// both types, and Q8_0 GEMM on matrices beyond L2 ~10% more (1 thread, 2-vCPU Zen 5 VM).
-constexpr uintptr_t kPrefetchBytes = 8192;
-
 template <DType T, int R>
 void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
                  float* y, int64_t ldy) {
@@ -194,8 +189,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* q = quants + b * kQb;
-    // Integer arithmetic: the address may lie past the last group, which a prefetch may touch
-    // but a pointer may not point to.
+    // Integer arithmetic: see kPrefetchBytes.
     for (size_t line = 0; line < kQb; line += 64)
       _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(q) + kPrefetchBytes + line), _MM_HINT_T0);
     __m256i s[R][2];

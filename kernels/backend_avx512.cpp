@@ -274,6 +274,11 @@ void packed_gemv(const uint8_t* group, size_t group_bytes, size_t quant_offset, 
   const __m512i mask_low = _mm512_set1_epi8(0x0f), mask_high = _mm512_set1_epi8((char)0xf0);
   for (int64_t b = 0; b < nb; ++b) {
     const BlockQ8A& xb = x[b];
+    for (int g = 0; g < G; ++g)  // integer arithmetic: see kPrefetchBytes
+      for (size_t line = 0; line < kQb; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(groups[g] + quant_offset + b * kQb) +
+                                                   kPrefetchBytes + line),
+                     _MM_HINT_T0);
     __m512i s[G];
     if constexpr (T == DType::Q8_0) {
       __m512i even[G], odd[G];
