@@ -388,7 +388,8 @@ std::shared_ptr<const File> File::open(const std::string& path, bool verify_data
     header.scalar<uint64_t>("magic");
     const uint32_t version = header.scalar<uint32_t>("version");
     if (version != kVersion)
-      fail(ErrorCode::Format, "unsupported .qbin version " + std::to_string(version) + " (this build reads version " + std::to_string(kVersion) + ")");
+      fail(ErrorCode::Format, "unsupported .qbin version " + std::to_string(version) + " (this build reads version " +
+                                  std::to_string(kVersion) + "; convert the model again with this octet-convert)");
     if (header.scalar<uint32_t>("reserved") != 0) fail(ErrorCode::Format, "corrupt header: reserved field is not zero");
     const uint64_t meta_offset = header.scalar<uint64_t>("metadata offset");
     const uint64_t meta_size = header.scalar<uint64_t>("metadata size");
