@@ -19,7 +19,7 @@ namespace {
 const char* const kUsage = R"(usage: translate --model MODEL.qbin [options] < input > output
 
 Reads one sentence per line (UTF-8) and writes one translation per line, in the same order;
-empty lines come back empty.
+an empty line is translated like any other (as transformers does: Marian's source is then EOS alone).
 
   --model PATH          translation model (.qbin, architecture encdec)
   --input FILE          read from FILE instead of stdin

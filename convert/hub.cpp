@@ -15,10 +15,10 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <sstream>
 #include <vector>
 
+#include "convert/sources/shard_index.h"
 #include "engine/error.h"
 
 namespace fs = std::filesystem;
@@ -337,22 +337,13 @@ std::string model_type(const fs::path& config) {
 
 // The shard files an index's weight_map names (each a plain file name ending in `ext`).
 std::vector<std::string> shards_from_index(const fs::path& index_path, const std::string& ext) {
-  std::ifstream in(index_path, std::ios::binary);
-  if (!in) fail(ErrorCode::Io, "cannot read " + index_path.string());
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  const auto bad = [&](const std::string& why) { fail(ErrorCode::Format, index_path.string() + ": " + why); };
-  if (j.is_discarded() || !j.is_object()) bad("not a JSON object");
-  auto it = j.find("weight_map");
-  if (it == j.end() || !it->is_object() || it->empty()) bad("no weight_map");
-  std::set<std::string> names;
-  for (const auto& [tensor, file] : it->items()) {
-    if (!file.is_string()) bad("weight_map['" + tensor + "'] is not a file name");
-    const std::string name = file.get<std::string>();
-    if (!valid_shard_name(name, ext)) bad("unsafe or unexpected shard file name '" + name + "'");
-    names.insert(name);
-  }
-  if (names.size() > 10000) bad("too many shards");
-  return {names.begin(), names.end()};
+  const convert::ShardIndex index = convert::read_shard_index(index_path);
+  // Each name also becomes part of a URL: only safe characters and the expected extension.
+  for (const std::string& name : index.shards)
+    if (!valid_shard_name(name, ext))
+      fail(ErrorCode::Format, index.path + ": unsafe or unexpected shard file name '" + name + "'");
+  if (index.shards.size() > 10000) fail(ErrorCode::Format, index.path + ": too many shards");
+  return index.shards;
 }
 
 }  // namespace

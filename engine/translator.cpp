@@ -100,8 +100,9 @@ std::vector<Translator::Segment> Translator::segment(std::span<const std::string
   for (size_t i = 0; i < sentences.size(); ++i) {
     const std::string& text = sentences[i];
     const std::string where = "sentence " + std::to_string(i + 1);
-    if (text.empty()) continue;
     try {
+      // An empty text is translated like any other: Marian's is a lone EOS, as in transformers.
+      // Only a source with no ids at all (no BOS/EOS added) has nothing to encode.
       std::vector<int32_t> ids = source_ids(text);
       if (static_cast<int64_t>(ids.size()) <= max_positions) {
         if (!ids.empty()) segments.push_back({i, 0, "", std::move(ids), 0, {}});
@@ -177,7 +178,7 @@ std::vector<Translation> Translator::translate(std::span<const std::string> sent
   // Back to input order, joining the parts of split sentences.
   const Tokenizer& target = model_->target_tokenizer();
   std::vector<Translation> results(sentences.size());
-  for (Translation& t : results) t.assign(options.n_best, TranslationHypothesis{});  // empty inputs
+  for (Translation& t : results) t.assign(options.n_best, TranslationHypothesis{});  // sources without ids
   for (size_t i = 0; i < segments.size();) {
     size_t end = i + 1;
     while (end < segments.size() && segments[end].sentence == segments[i].sentence) ++end;

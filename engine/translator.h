@@ -30,7 +30,7 @@ struct TranslationOptions {
 
 struct TranslationHypothesis {
   std::string text;
-  float score = 0.0f;            // length-normalised log probability; 0 for an empty input
+  float score = 0.0f;            // length-normalised log probability; 0 for a source without ids
   std::vector<int32_t> tokens;   // target ids, the prefix included, EOS excluded
 };
 using Translation = std::vector<TranslationHypothesis>;  // n_best hypotheses, best first
@@ -46,12 +46,13 @@ class Translator {
   // The model's own defaults (its generation.* keys), for options the caller leaves alone.
   TranslationOptions default_options() const;
 
-  // One Translation per input sentence, in input order. Empty inputs give empty translations. A
-  // sentence longer than the model's positions is split at sentence ends (. ! ? 。！？), its parts
-  // translated and joined with the spacing of the source; one that cannot be split short enough
-  // is an error (InvalidArgument, naming it), never silently truncated. Invalid UTF-8 is an error
-  // naming the sentence. With `stream`, sentences are translated one at a time in input order
-  // and their text is handed over as it settles.
+  // One Translation per input sentence, in input order. An empty input is translated from the ids
+  // the tokenizer gives it (Marian: EOS alone, as transformers does); one with no ids at all gives
+  // empty translations. A sentence longer than the model's positions is split at sentence ends
+  // (. ! ? 。！？), its parts translated and joined with the spacing of the source; one that cannot
+  // be split short enough is an error (InvalidArgument, naming it), never silently truncated.
+  // Invalid UTF-8 is an error naming the sentence. With `stream`, sentences are translated one at
+  // a time in input order and their text is handed over as it settles.
   std::vector<Translation> translate(std::span<const std::string> sentences, const TranslationOptions& options,
                                      const TranslationStream& stream = {});
 

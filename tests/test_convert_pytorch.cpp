@@ -8,6 +8,7 @@
 #include <cstring>
 #include <set>
 
+#include "convert/convert.h"
 #include "convert/sources/pytorch.h"
 #include "convert/sources/safetensors.h"
 #include "engine/error.h"
@@ -93,12 +94,29 @@ std::string int_tuple(const std::vector<int64_t>& values) {
   return out + "t";
 }
 
-// data.pkl of {"w": a FloatStorage tensor}, as torch.save writes it, with every field chosen here.
+// One entry of a state dict: a view of storage `key`, every field as given.
+struct PickledTensor {
+  std::string name, key;
+  int64_t storage_elements = 0, offset = 0;
+  std::vector<int64_t> sizes, strides;
+  std::string storage_type = "FloatStorage";
+};
+
+// data.pkl of a state dict, as torch.save writes it.
+std::string state_dict_pickle(const std::vector<PickledTensor>& tensors) {
+  std::string out = "\x80\x02}(";
+  for (const PickledTensor& t : tensors) {
+    out += unicode(t.name) + "ctorch._utils\n_rebuild_tensor_v2\n((" + unicode("storage") + "ctorch\n" +
+           t.storage_type + "\n" + unicode(t.key) + unicode("cpu") + integer(t.storage_elements) + "tQ" +
+           integer(t.offset) + int_tuple(t.sizes) + int_tuple(t.strides) + "\x89}tR";
+  }
+  return out + "u.";
+}
+
+// data.pkl of {"w": a view of storage `key`}.
 std::string tensor_pickle(const std::string& key, int32_t storage_elements, int32_t offset, const std::vector<int64_t>& sizes,
                           const std::vector<int64_t>& strides, const std::string& storage_type = "FloatStorage") {
-  return std::string("\x80\x02}") + unicode("w") + "ctorch._utils\n_rebuild_tensor_v2\n((" + unicode("storage") +
-         "ctorch\n" + storage_type + "\n" + unicode(key) + unicode("cpu") + binint(storage_elements) + "tQ" +
-         binint(offset) + int_tuple(sizes) + int_tuple(strides) + "\x89}tRs.";
+  return state_dict_pickle({{"w", key, storage_elements, offset, sizes, strides, storage_type}});
 }
 
 std::string floats(int n) {
@@ -204,12 +222,12 @@ TEST_CASE("Marian checkpoints: every tensor of pytorch_model.bin equals its mode
       const fs::path folder = entry.path();
       if (!fs::exists(folder / "pytorch_model.bin") || !fs::exists(folder / "model.safetensors")) continue;
       ++compared_folders;
-      const PytorchCheckpoint torch_checkpoint(folder);
+      const PytorchFile torch_file((folder / "pytorch_model.bin").string());
       const SafetensorsFile safetensors((folder / "model.safetensors").string());
       std::set<std::string> compared;
       for (const auto& [name, reference] : safetensors.tensors()) {
-        const PytorchTensor* tensor = torch_checkpoint.find(name);
-        REQUIRE_MESSAGE(tensor != nullptr, folder.string(), ": ", name, " is missing from pytorch_model.bin");
+        REQUIRE_MESSAGE(torch_file.tensors().count(name), folder.string(), ": ", name, " is missing from pytorch_model.bin");
+        const PytorchTensor* tensor = &torch_file.tensors().at(name);
         CHECK_MESSAGE(tensor->dtype == reference.dtype, name);
         CHECK_MESSAGE(tensor->shape == reference.shape, name);
         REQUIRE_MESSAGE(tensor->contiguous(), name);
@@ -217,11 +235,11 @@ TEST_CASE("Marian checkpoints: every tensor of pytorch_model.bin equals its mode
         compared.insert(name);
       }
       // safetensors keeps one copy of tied weights; the others must alias a compared tensor.
-      for (const auto& [name, tensor] : torch_checkpoint.tensors()) {
+      for (const auto& [name, tensor] : torch_file.tensors()) {
         if (compared.count(name)) continue;
         bool aliases_a_compared_tensor = false;
         for (const std::string& other : compared) {
-          const PytorchTensor& twin = *torch_checkpoint.find(other);
+          const PytorchTensor& twin = torch_file.tensors().at(other);
           aliases_a_compared_tensor |= twin.data == tensor.data && twin.shape == tensor.shape && twin.dtype == tensor.dtype;
         }
         CHECK_MESSAGE(aliases_a_compared_tensor, folder.string(), ": ", name, " is only in pytorch_model.bin");
@@ -337,5 +355,123 @@ TEST_CASE("hostile zip containers give clean errors") {
               ErrorCode::Format, "appears twice");
   check_error([&] { PytorchFile(write(zip({{"archive/data.pkl", "\x80\x02}."}, {"archive/byteorder", "big"}}))); },
               ErrorCode::Unsupported, "big-endian");
-  check_error([&] { PytorchCheckpoint(dir.path() / "nowhere"); }, ErrorCode::Io, "no pytorch_model.bin");
+  check_error([&] { PytorchCheckpoint(dir.path() / "nowhere"); }, ErrorCode::Io,
+              "neither pytorch_model.bin nor pytorch_model.bin.index.json");
+}
+
+// ---- Sharded checkpoints (pytorch_model.bin.index.json) -----------------------------------------
+
+namespace {
+
+void write_text(const fs::path& path, const std::string& text) { octet::test::write_bytes(path, text.data(), text.size()); }
+
+// Writes F32 tensors as one torch.save file, storage i holding tensor i.
+void write_torch_file(const fs::path& path, const std::vector<const SafetensorsTensor*>& tensors) {
+  std::vector<PickledTensor> entries;
+  std::vector<std::pair<std::string, std::string>> files = {{"archive/data.pkl", ""}};
+  for (const SafetensorsTensor* t : tensors) {
+    REQUIRE(t->dtype == "F32");
+    const std::string key = std::to_string(entries.size());
+    std::vector<int64_t> strides(t->shape.size());
+    int64_t stride = 1;
+    for (size_t d = t->shape.size(); d-- > 0; stride *= t->shape[d]) strides[d] = stride;
+    entries.push_back({t->name, key, t->elements(), 0, t->shape, strides});
+    files.emplace_back("archive/data/" + key, std::string(reinterpret_cast<const char*>(t->data), t->size));
+  }
+  files.front().second = state_dict_pickle(entries);
+  write_text(path, zip(files));
+}
+
+}  // namespace
+
+TEST_CASE("Marian: a sharded PyTorch checkpoint converts to the same bytes as its single pytorch_model.bin") {
+  TempDir temp("pytorch_sharded");
+  for (const char* name : {"marian_shared", "marian_separate"}) {
+    CAPTURE(name);
+    const fs::path fixture = octet::test::test_data("marian") / name;
+    // Folders of the same name: the name goes into the .qbin.
+    const fs::path single = temp.path() / "single" / name, sharded = temp.path() / "sharded" / name;
+    for (const fs::path& folder : {single, sharded}) {  // config and tokenizer files, no weights
+      fs::create_directories(folder);
+      for (const auto& entry : fs::directory_iterator(fixture))
+        if (entry.path().extension() != ".safetensors" && entry.path().extension() != ".bin")
+          fs::copy_file(entry.path(), folder / entry.path().filename());
+    }
+    fs::copy_file(fixture / "pytorch_model.bin", single / "pytorch_model.bin");
+    // The same tensors (the .bin's are the safetensors' bit for bit) in two shards, named as
+    // transformers names them, with their index.
+    const SafetensorsFile tensors((fixture / "model.safetensors").string());
+    std::vector<const SafetensorsTensor*> shards[2];
+    nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+    const std::string shard_names[2] = {"pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"};
+    for (const auto& [tensor_name, tensor] : tensors.tensors()) {
+      const int shard = shards[0].size() < tensors.tensors().size() / 2 ? 0 : 1;
+      shards[shard].push_back(&tensor);
+      index["weight_map"][tensor_name] = shard_names[shard];
+      index["metadata"]["total_size"] = index["metadata"]["total_size"].get<uint64_t>() + tensor.size;
+    }
+    REQUIRE(!shards[1].empty());
+    for (int shard : {0, 1}) write_torch_file(sharded / shard_names[shard], shards[shard]);
+    write_text(sharded / "pytorch_model.bin.index.json", index.dump(2));
+
+    const auto convert_folder = [&](const fs::path& folder) {
+      const fs::path out = folder.parent_path() / "out.qbin";
+      convert::convert(folder.string(), out.string(), convert::Options{}, nullptr);
+      return octet::test::read_bytes(out);
+    };
+    const auto from_single = convert_folder(single);
+    CHECK(!from_single.empty());
+    CHECK(from_single == convert_folder(sharded));
+  }
+}
+
+TEST_CASE("a sharded PyTorch index is checked against its shards") {
+  TempDir temp("pytorch_index");
+  // Each shard holds views of one storage of 4 floats, under these names.
+  const auto write_shard = [&](const std::string& file, const std::vector<std::string>& names) {
+    std::vector<PickledTensor> tensors;
+    for (const std::string& name : names) tensors.push_back({name, "0", 4, 0, {4}, {1}});
+    write_text(temp.path() / file, zip({{"archive/data.pkl", state_dict_pickle(tensors)}, {"archive/data/0", floats(4)}}));
+  };
+  write_shard("a.bin", {"w", "v"});
+  write_shard("b.bin", {"u"});
+  write_shard("c.bin", {"u", "t"});
+  const auto write_index = [&](const std::string& weight_map) {
+    write_text(temp.path() / "pytorch_model.bin.index.json", R"({"metadata": {}, "weight_map": )" + weight_map + "}");
+  };
+  const auto open = [&] { PytorchCheckpoint checkpoint(temp.path()); };
+
+  write_index(R"({"w": "a.bin", "v": "a.bin", "u": "b.bin"})");
+  const PytorchCheckpoint checkpoint(temp.path());
+  CHECK(read_all(checkpoint.require("u", {4})) == std::vector<float>{0, 1, 2, 3});
+  CHECK(checkpoint.find("w") != nullptr);
+  CHECK(checkpoint.find("t") == nullptr);  // c.bin is not in the index
+  check_error([&] { checkpoint.require("x", {4}); }, ErrorCode::Format, "no tensor \"x\"");
+
+  // Shards outside the folder, or not file names at all.
+  for (const std::string shard : {"../a.bin", "/tmp/a.bin", "sub/a.bin", "..", ".", ""}) {
+    CAPTURE(shard);
+    write_index(R"({"w": ")" + shard + R"("})");
+    check_error(open, ErrorCode::Format, {"pytorch_model.bin.index.json", "invalid file name"});
+  }
+  write_index(R"({"w": 7})");
+  check_error(open, ErrorCode::Format, "invalid file name 7");
+  write_index(R"({"w": "missing.bin"})");
+  check_error(open, ErrorCode::Io, {"pytorch_model.bin.index.json", "shard missing.bin is missing"});
+  write_index(R"({"x": "a.bin"})");
+  check_error(open, ErrorCode::Format, {"\"x\"", "a.bin", "does not contain it"});
+  write_index(R"({"w": "a.bin", "w": "b.bin"})");
+  check_error(open, ErrorCode::Format, "\"w\" is listed twice");
+  write_index(R"({"u": "b.bin", "t": "c.bin"})");
+  check_error(open, ErrorCode::Format, "tensor \"u\" is in two shards, b.bin and c.bin");
+  write_index("[1, 2]");
+  check_error(open, ErrorCode::Format, "weight_map");
+  write_index("{}");
+  check_error(open, ErrorCode::Format, "weight_map");
+  write_index("{");
+  check_error(open, ErrorCode::Format, "not a JSON object");
+  // A shard that is not a torch.save file fails as such.
+  write_text(temp.path() / "junk.bin", "junk");
+  write_index(R"({"w": "junk.bin"})");
+  check_error(open, ErrorCode::Format, {"junk.bin", "too short"});
 }

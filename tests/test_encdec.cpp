@@ -527,6 +527,7 @@ std::vector<std::string> sample_sentences() {
           "End."};
 }
 
+// Its tokenizers add neither BOS nor EOS: an empty sentence has no source ids, nothing to translate.
 struct TinyTranslator {
   TempDir dir{"translator"};
   std::string path;
@@ -579,7 +580,7 @@ TEST_CASE("translating in batches gives what translating one by one gives, in in
     check_same(tiny.translator->translate(sentences, small_batches), together);
     for (size_t i = 0; i < sentences.size(); ++i) {
       REQUIRE(together[i].size() == static_cast<size_t>(batched.n_best));
-      if (sentences[i].empty()) {
+      if (sentences[i].empty()) {  // no source ids
         CHECK(together[i][0].text.empty());
         CHECK(together[i][0].tokens.empty());
       } else {
@@ -897,17 +898,17 @@ TEST_CASE("MarianMT (f32): greedy and beam translations are transformers', in on
     Translator translator(EncDecModel::load(path));
     // Marian's configs force EOS at max_length; the goldens reach it.
     REQUIRE(translator.model().generation_defaults().forced_eos_id == golden.json["eos_token_id"].get<int32_t>());
-    // Empty texts are left out: transformers translates their lone EOS; Octet returns "" for "".
+    // The empty text is among them: transformers translates its lone EOS.
     std::vector<std::string> texts;
     std::vector<const nlohmann::json*> cases;
     for (const auto& c : golden.json["cases"]) {
-      if (c["text"].get<std::string>().empty()) continue;
       texts.push_back(c["text"]);
       cases.push_back(&c);
       CHECK(translator.model().source_tokenizer().encode(texts.back(), true, true) ==
             c["input_ids"].get<std::vector<int32_t>>());
     }
     REQUIRE(texts.size() >= 20);
+    REQUIRE(std::count(texts.begin(), texts.end(), "") == 1);
     for (const std::string kind : {"greedy", "beam"}) {
       CAPTURE(kind);
       TranslationOptions options = golden_options(golden.json["generate_kwargs"][kind]);
@@ -936,6 +937,35 @@ TEST_CASE("MarianMT (f32): greedy and beam translations are transformers', in on
       }
       MESSAGE(golden.name << " " << kind << ": max |score - transformers' sequences_scores| " << max_score_error);
     }
+  }
+}
+
+TEST_CASE("translate: an empty line of a MarianMT model is transformers' translation, batched or streamed") {
+  TempDir dir("marian_app");
+  const Golden golden = marian_goldens().front();
+  const std::string model = convert_model(test::test_data("marian/" + golden.name), dir, DType::F32, golden.name);
+  // The empty text between two others, and the greedy translations transformers gives them.
+  const nlohmann::json& cases = golden.json["cases"];
+  const auto empty = std::find_if(cases.begin(), cases.end(), [](const auto& c) { return c["text"] == ""; });
+  REQUIRE(empty != cases.end());
+  std::vector<std::string> expected;
+  std::string input;
+  for (const nlohmann::json* c : {&cases[1], &*empty, &cases[2]}) {
+    input += (*c)["text"].get<std::string>() + "\n";
+    expected.push_back((*c)["greedy"]["text"]);
+  }
+  REQUIRE(!expected[0].empty());
+  REQUIRE(!expected[1].empty());
+  const auto in_path = dir / "in.txt";
+  test::write_bytes(in_path, input.data(), input.size());
+  const std::string app = std::string(OCTET_BIN_DIR) + "/translate --model " + model + " --input " +
+                          in_path.string() + " --beam 1 --max-length " +
+                          std::to_string(golden.json["generate_kwargs"]["greedy"]["max_new_tokens"].get<int>()) + " --quiet";
+  for (const char* mode : {"--batch-size 1", "--batch-size 16", "--stream"}) {
+    CAPTURE(mode);
+    const auto out_path = dir / "out.txt";
+    REQUIRE(run_command(app + " " + mode + " --output " + out_path.string()) == 0);
+    CHECK(read_lines(out_path) == expected);
   }
 }
 

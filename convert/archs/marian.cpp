@@ -31,7 +31,8 @@ const std::map<std::string, std::string, std::less<>> kHfModules = {
     {"ffn_down", "fc2"},                      {"ffn_norm", "final_layer_norm"},
 };
 
-// The checkpoint: model.safetensors (what transformers prefers too) or else pytorch_model.bin.
+// The checkpoint: model.safetensors (what transformers prefers too) or else pytorch_model.bin,
+// each alone or as the shards of an index.
 // Both expose the same names, and every tensor is read as f32 rows.
 class MarianWeights {
  public:

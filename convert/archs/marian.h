@@ -1,6 +1,6 @@
 // MarianMT (Hugging Face opus-mt folders) -> the "encdec" architecture: config.json,
-// model.safetensors or pytorch_model.bin, source.spm/target.spm with vocab.json (and
-// target_vocab.json for separate vocabularies), generation_config.json.
+// model.safetensors or pytorch_model.bin (each maybe sharded), source.spm/target.spm with
+// vocab.json (and target_vocab.json for separate vocabularies), generation_config.json.
 #pragma once
 #include <filesystem>
 

@@ -7,6 +7,7 @@
 #include <iterator>
 
 #include "convert/model_plan.h"
+#include "convert/sources/shard_index.h"
 #include "engine/error.h"
 #include "kernels/blocks.h"
 
@@ -609,24 +610,26 @@ PytorchFile::PytorchFile(const std::string& path) : file_(path) {
   }
 }
 
-PytorchCheckpoint::PytorchCheckpoint(const std::filesystem::path& folder) {
+PytorchCheckpoint::PytorchCheckpoint(const std::filesystem::path& folder) : folder_(folder.string()) {
   const auto single_path = folder / "pytorch_model.bin";
+  const auto index_path = folder / "pytorch_model.bin.index.json";
   if (std::filesystem::exists(single_path)) {
-    file_ = std::make_unique<PytorchFile>(single_path.string());
-  } else if (std::filesystem::exists(folder / "pytorch_model.bin.index.json")) {
-    fail(ErrorCode::Unsupported, folder.string() + " holds a sharded PyTorch checkpoint; only a single pytorch_model.bin is supported");
+    files_.push_back(std::make_unique<PytorchFile>(single_path.string()));
+    for (const auto& [name, tensor] : files_.back()->tensors()) by_name_.emplace(name, &tensor);
+  } else if (std::filesystem::exists(index_path)) {
+    open_shards(index_path, files_, by_name_);
   } else {
-    fail(ErrorCode::Io, folder.string() + " has no pytorch_model.bin");
+    fail(ErrorCode::Io, folder.string() + " has neither pytorch_model.bin nor pytorch_model.bin.index.json");
   }
 }
 
 const PytorchTensor* PytorchCheckpoint::find(std::string_view name) const {
-  const auto found = file_->tensors().find(name);
-  return found == file_->tensors().end() ? nullptr : &found->second;
+  const auto found = by_name_.find(name);
+  return found == by_name_.end() ? nullptr : found->second;
 }
 
 const PytorchTensor& PytorchCheckpoint::require(std::string_view name, const std::vector<int64_t>& shape) const {
-  return require_tensor(find(name), file_->path(), name, shape);
+  return require_tensor(find(name), folder_, name, shape);
 }
 
 void read_rows_f32(const PytorchTensor& tensor, int64_t first, int64_t count, float* out) {

@@ -1,10 +1,11 @@
-// Reader for PyTorch checkpoints (pytorch_model.bin as torch.save writes it since 1.6: a zip of
-// <prefix>/data.pkl and one <prefix>/data/<key> file per storage). The zip is walked by hand and
-// data.pkl is read by a restricted unpickler that knows only the opcodes and the few globals a
-// state dict needs (collections.OrderedDict, torch._utils._rebuild_tensor_v2 and
-// _rebuild_parameter, torch.*Storage): it builds plain values and never runs anything, so a pickle
-// naming any other global is refused. As with safetensors, every offset, size, stride and index is
-// validated before use; a hostile file gives a clean octet::Error naming the file.
+// Reader for PyTorch checkpoints: pytorch_model.bin, or the shards pytorch_model.bin.index.json
+// lists, each as torch.save writes it since 1.6 (a zip of <prefix>/data.pkl and one
+// <prefix>/data/<key> file per storage). The zip is walked by hand and data.pkl is read by a
+// restricted unpickler that knows only the opcodes and the few globals a state dict needs
+// (collections.OrderedDict, torch._utils._rebuild_tensor_v2 and _rebuild_parameter,
+// torch.*Storage): it builds plain values and never runs anything, so a pickle naming any other
+// global is refused. As with safetensors, every offset, size, stride and index is validated
+// before use; a hostile file gives a clean octet::Error naming the file.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -24,7 +25,7 @@ struct PytorchTensor {
   std::vector<int64_t> shape;
   std::vector<int64_t> strides;   // in elements, one per dimension, as torch stores them
   const uint8_t* data = nullptr;  // the element at index [0, 0, ...], inside the mapped file
-  std::string storage;            // the storage's key: tensors with the same key share bytes (tied weights)
+  std::string storage;            // the storage's key: tensors of one file with the same key share bytes (tied weights)
   std::string file;               // for messages
 
   int64_t elements() const;
@@ -46,18 +47,19 @@ class PytorchFile {
   std::map<std::string, PytorchTensor, std::less<>> tensors_;
 };
 
-// The tensors of a checkpoint folder's pytorch_model.bin.
+// Every tensor of a checkpoint folder, across its shards.
 class PytorchCheckpoint {
  public:
-  // Throws (Unsupported) for a sharded checkpoint (pytorch_model.bin.index.json only).
+  // Uses pytorch_model.bin when present, else pytorch_model.bin.index.json and its shards.
   explicit PytorchCheckpoint(const std::filesystem::path& folder);
-  const std::map<std::string, PytorchTensor, std::less<>>& tensors() const { return file_->tensors(); }
   const PytorchTensor* find(std::string_view name) const;
   // The tensor, checked to exist with this shape; throws (Format) naming it otherwise.
   const PytorchTensor& require(std::string_view name, const std::vector<int64_t>& shape) const;
 
  private:
-  std::unique_ptr<PytorchFile> file_;
+  std::string folder_;  // for messages
+  std::vector<std::unique_ptr<PytorchFile>> files_;
+  std::map<std::string, const PytorchTensor*, std::less<>> by_name_;
 };
 
 // Rows [first, first + count) of an F32, F16 or BF16 tensor, as f32 (row i being the elements whose

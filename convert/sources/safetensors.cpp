@@ -3,11 +3,10 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "convert/model_plan.h"
+#include "convert/sources/shard_index.h"
 #include "engine/error.h"
 #include "kernels/blocks.h"
 
@@ -145,34 +144,7 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::filesystem::path& folder
   const auto index_path = folder / "model.safetensors.index.json";
   const auto single_path = folder / "model.safetensors";
   if (std::filesystem::exists(index_path)) {
-    std::ifstream in(index_path, std::ios::binary);
-    std::stringstream text;
-    text << in.rdbuf();
-    if (!in) fail(ErrorCode::Io, "cannot read " + index_path.string());
-    const json index = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-    if (index.is_discarded() || !index.is_object()) fail(ErrorCode::Format, index_path.string() + ": not a JSON object");
-    const auto weight_map = index.find("weight_map");
-    if (weight_map == index.end() || !weight_map->is_object())
-      fail(ErrorCode::Format, index_path.string() + ": missing \"weight_map\" object");
-
-    std::map<std::string, const SafetensorsFile*> shards;
-    for (const auto& [tensor, shard] : weight_map->items()) {
-      // A shard is a plain file name beside the index: never a path that leaves the folder.
-      if (!shard.is_string() || shard.get<std::string>().empty() ||
-          shard.get<std::string>().find('/') != std::string::npos || shard.get<std::string>() == "..")
-        fail(ErrorCode::Format, index_path.string() + ": tensor \"" + tensor + "\" maps to an invalid file name " + shard.dump());
-      const std::string shard_name = shard.get<std::string>();
-      auto opened = shards.find(shard_name);
-      if (opened == shards.end()) {
-        files_.push_back(std::make_unique<SafetensorsFile>((folder / shard_name).string()));
-        opened = shards.emplace(shard_name, files_.back().get()).first;
-      }
-      const auto found = opened->second->tensors().find(tensor);
-      if (found == opened->second->tensors().end())
-        fail(ErrorCode::Format, index_path.string() + ": tensor \"" + tensor + "\" is listed in " + shard_name +
-                                    ", which does not contain it");
-      by_name_.emplace(tensor, &found->second);
-    }
+    open_shards(index_path, files_, by_name_);
   } else if (std::filesystem::exists(single_path)) {
     files_.push_back(std::make_unique<SafetensorsFile>(single_path.string()));
     for (const auto& [name, tensor] : files_.back()->tensors()) by_name_.emplace(name, &tensor);
