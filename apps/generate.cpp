@@ -28,7 +28,8 @@ const char* const kUsage = R"(usage: generate --model MODEL.qbin [--prompt TEXT 
   --stop STR            stop before this text (repeatable)
   --threads N           0: all cores (default)
   --context N           context length in tokens (default: the model's, at most 4096)
-  --kv-type T           KV cache type: f16 (default) or f32
+  --kv-type T           KV cache type: f16 (default), f32, or q8_0 (~53% of f16's memory;
+                        head_dim must be a multiple of 32)
   --chat                interactive chat: one user message per stdin line, until EOF
   --system TEXT         system message for --chat
   --kernels NAME        force a kernel backend: scalar, avx2, avx512
@@ -75,7 +76,8 @@ int64_t parse_integer(const std::string& flag, const char* text) {
 int32_t parse_kv_type(const std::string& text) {
   if (text == "f16") return OCTET_KV_F16;
   if (text == "f32") return OCTET_KV_F32;
-  die("--kv-type: \"" + text + "\" is not f16 or f32");
+  if (text == "q8_0") return OCTET_KV_Q8_0;
+  die("--kv-type: \"" + text + "\" is not f16, f32 or q8_0");
 }
 
 uint64_t parse_seed(const char* text) {

@@ -56,7 +56,7 @@ const char* const kUsage = R"(usage: octet-bench [options] MODEL.qbin [MODEL.qbi
   --max-length N        encdec: generated tokens per sentence incl. EOS (default 256)
   --json FILE           also write the results as JSON
   --kernels NAME        force a kernel backend (scalar, avx2, avx512)
-  --kv-type T           LLM KV cache: f16 (default, as llama.cpp's) or f32
+  --kv-type T           LLM KV cache: f16 (default, as llama.cpp's), f32 or q8_0
   -h, --help            this help
 )";
 
@@ -434,6 +434,7 @@ Options parse(int argc, char** argv) {
     else if (flag == "--kernels") o.kernels = v;
     else if (flag == "--kv-type" && std::string(v) == "f16") o.kv_type = octet::DType::F16;
     else if (flag == "--kv-type" && std::string(v) == "f32") o.kv_type = octet::DType::F32;
+    else if (flag == "--kv-type" && std::string(v) == "q8_0") o.kv_type = octet::DType::Q8_0;
     else die("unknown option " + flag + " " + v + " (see --help)");
   }
   if (o.threads == 0) o.threads = omp_get_num_procs();

@@ -72,6 +72,16 @@ void require(bool condition, const char* message) {
   if (!condition) fail(ErrorCode::InvalidArgument, message);
 }
 
+octet::DType kv_dtype(int32_t kv_type) {
+  switch (kv_type) {
+    case OCTET_KV_F16: return octet::DType::F16;
+    case OCTET_KV_F32: return octet::DType::F32;
+    case OCTET_KV_Q8_0: return octet::DType::Q8_0;
+  }
+  fail(ErrorCode::InvalidArgument, "kv_type " + std::to_string(kv_type) +
+                                       " is not OCTET_KV_F16, OCTET_KV_F32 or OCTET_KV_Q8_0");
+}
+
 // The capacity convention of octet.h: *length is always the size needed; a buffer too small
 // is an error the caller can retry from.
 void copy_out(const std::string& text, char* buffer, size_t capacity, size_t* length) {
@@ -272,8 +282,7 @@ octet_status octet_context_create(const octet_model* model, const octet_context_
     const int32_t model_length = model->model->context_length();
     require(params->context_length >= 0, "context_length must not be negative");
     require(params->n_threads >= 0, "n_threads must not be negative");
-    require(params->kv_type == OCTET_KV_F16 || params->kv_type == OCTET_KV_F32,
-            "kv_type must be OCTET_KV_F16 or OCTET_KV_F32");
+    const octet::DType kv_type = kv_dtype(params->kv_type);
     if (params->context_length > model_length)
       fail(ErrorCode::InvalidArgument, "context_length " + std::to_string(params->context_length) +
                                            " is beyond the model's " + std::to_string(model_length) +
@@ -282,7 +291,6 @@ octet_status octet_context_create(const octet_model* model, const octet_context_
         params->context_length > 0 ? params->context_length : std::min(model_length, kDefaultMaxContext);
     const int32_t n_threads = params->n_threads > 0 ? params->n_threads : omp_get_num_procs();
     use_threads(n_threads);
-    const octet::DType kv_type = params->kv_type == OCTET_KV_F32 ? octet::DType::F32 : octet::DType::F16;
     *out = new octet_context{octet::decoding::Generator(model->model, length, kv_type), n_threads};
   });
 }

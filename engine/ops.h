@@ -70,7 +70,8 @@ struct AttentionShape {
   int64_t sliding_window = 0;  // > 0: a query at p sees keys at p-window+1 .. p only
 };
 
-// One layer's KV cache: keys and values, each [n_kv_heads][capacity][head_dim] of type F32 or F16.
+// One layer's KV cache: keys and values, each [n_kv_heads][capacity][head_dim] of type F32, F16 or
+// Q8_0 (head_dim a multiple of 32).
 struct KvCache {
   DType type = DType::F32;
   const void* keys = nullptr;

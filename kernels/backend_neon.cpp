@@ -231,6 +231,12 @@ struct Vec4 {
   static T set1(float f) { return vdupq_n_f32(f); }
   static T load(const float* p) { return vld1q_f32(p); }
   static T load(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+  static T load(const int8_t* p, uint16_t scale) {
+    int32_t four;  // 4 bytes only: a wider load would read past the end of a row's last block
+    std::memcpy(&four, p, sizeof four);
+    const int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(four)));
+    return vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide))), vdupq_n_f32(half_to_float(scale)));
+  }
   static void store(float* p, T v) { vst1q_f32(p, v); }
   static T add(T a, T b) { return vaddq_f32(a, b); }
   static T sub(T a, T b) { return vsubq_f32(a, b); }

@@ -78,9 +78,15 @@ float dot_f32(const float* w, const float* x, int64_t k) {
 template <typename E>
 void reference_attend_as(const AttendArgs& a) {
   const auto element = [&](const void* row, int64_t d) {
-    const E e = static_cast<const E*>(row)[a.offset + d];
-    if constexpr (std::is_same_v<E, float>) return e;
-    else return fp16_to_fp32(e);
+    const int64_t e = a.offset + d;
+    if constexpr (std::is_same_v<E, BlockQ8_0>) {
+      const BlockQ8_0& block = static_cast<const BlockQ8_0*>(row)[e / kBlockSize];
+      return fp16_to_fp32(block.d) * block.qs[e % kBlockSize];
+    } else if constexpr (std::is_same_v<E, uint16_t>) {
+      return fp16_to_fp32(static_cast<const E*>(row)[e]);
+    } else {
+      return static_cast<const E*>(row)[e];
+    }
   };
   for (int64_t i = 0; i < a.n_q; ++i) {
     const float* q = a.q + i * a.q_stride;
@@ -104,8 +110,11 @@ void reference_attend_as(const AttendArgs& a) {
 }
 
 void reference_attend(const AttendArgs& a) {
-  if (a.kv_type == DType::F16) reference_attend_as<uint16_t>(a);
-  else reference_attend_as<float>(a);
+  switch (a.kv_type) {
+    case DType::F16: reference_attend_as<uint16_t>(a); break;
+    case DType::Q8_0: reference_attend_as<BlockQ8_0>(a); break;
+    default: reference_attend_as<float>(a); break;
+  }
 }
 
 double reference_sum_exp(const float* x, int64_t n, float max) {

@@ -34,10 +34,12 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
 // Attention of n_q queries that share one set of n_keys keys and values (the query heads of a
 // GQA group at one position, or a single head):
 //   out[i] = sum_j softmax_j(scale * q[i] . k_j) v_j,   k_j = keys[j] + offset, v_j = values[j] + offset,
-// vectors of head_dim elements of kv_type (F32 or F16: a KV cache in half the memory); q[i] =
-// q + i * q_stride, out[i] = out + i * out_stride, in f32. Keys are found through pointers, so they
-// may lie anywhere: a cache, a packed batch, a beam's ancestors. scratch holds n_q * n_keys
-// floats. Runs on the calling thread only: callers run many at once.
+// vectors of head_dim elements of kv_type: F32, F16 (a KV cache in half the memory) or Q8_0 (~53%
+// of F16's, read as its dequantized values; head_dim and offset must then be multiples of 32,
+// which the caller checks); q[i] = q + i * q_stride, out[i] = out + i * out_stride, in f32. Keys
+// are found through pointers, so they may lie anywhere: a cache, a packed batch, a beam's
+// ancestors. scratch holds n_q * n_keys floats. Runs on the calling thread only: callers run many
+// at once.
 // SIMD backends use a polynomial exp (within 2 ulp of expf; inputs below -87.3 give ~1e-38,
 // not 0), so they agree with the scalar reference to rounding, not bit for bit.
 struct AttendArgs {

@@ -4,6 +4,7 @@
 // flags only. V provides:
 //   T (the vector type), kWidth (floats per vector), zero(), set1(f), load(p), store(p, v),
 //   load(const uint16_t* p) (kWidth halves widened to floats),
+//   load(const int8_t* p, uint16_t scale) (kWidth int8 values times an fp16 scale: Q8_0 rows),
 //   add(a, b), sub(a, b), mul(a, b), div(a, b), fma(a, b, c) = a * b + c, max(a, b),
 //   if_negative(v, a, b) = (v < 0 ? a : b) per lane,
 //   round(v) (to nearest), scale2(v, n) = v * 2^n for integral n, reduce_add(v), reduce_max(v).
@@ -14,6 +15,7 @@
 #pragma once
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/kernels.h"
 
@@ -64,37 +66,61 @@ void store_partial(float* p, typename V::T v, int64_t n) {
   std::memcpy(p, tmp, n * sizeof(float));
 }
 
+// KV rows are float, uint16_t (f16) or BlockQ8_0 (Q8_0). Q8_0 rows are whole blocks of 32, which
+// kWidth divides: their vectors never straddle a block and there is no partial vector at the end.
+template <typename E>
+constexpr bool kBlockRow = std::is_same_v<E, BlockQ8_0>;
+
+// The row at `row`, from element `offset` on (a multiple of 32 for Q8_0).
+template <typename E>
+const E* kv_row(const void* row, int64_t offset) {
+  if constexpr (kBlockRow<E>) return static_cast<const E*>(row) + offset / kBlockSize;
+  else return static_cast<const E*>(row) + offset;
+}
+
+// kWidth floats from element e of a row (e a multiple of kWidth).
+template <class V>
+typename V::T load_kv(const float* row, int64_t e) { return V::load(row + e); }
+template <class V>
+typename V::T load_kv(const uint16_t* row, int64_t e) { return V::load(row + e); }
+template <class V>
+typename V::T load_kv(const BlockQ8_0* row, int64_t e) {
+  const BlockQ8_0& block = row[e / kBlockSize];
+  return V::load(block.qs + e % kBlockSize, block.d);
+}
+
 template <class V, typename E>
-float dot(const float* a, const E* b, int64_t n) {
+float dot(const float* a, const E* row, int64_t n) {
   constexpr int W = V::kWidth;
   typename V::T acc0 = V::zero(), acc1 = V::zero();
   int64_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
-    acc0 = V::fma(V::load(a + i), V::load(b + i), acc0);
-    acc1 = V::fma(V::load(a + i + W), V::load(b + i + W), acc1);
+    acc0 = V::fma(V::load(a + i), load_kv<V>(row, i), acc0);
+    acc1 = V::fma(V::load(a + i + W), load_kv<V>(row, i + W), acc1);
   }
-  if (i + W <= n) acc0 = V::fma(V::load(a + i), V::load(b + i), acc0), i += W;
-  if (i < n) acc1 = V::fma(load_partial<V>(a + i, n - i, 0.0f), load_partial<V>(b + i, n - i, 0.0f), acc1);
+  if (i + W <= n) acc0 = V::fma(V::load(a + i), load_kv<V>(row, i), acc0), i += W;
+  if constexpr (!kBlockRow<E>)
+    if (i < n) acc1 = V::fma(load_partial<V>(a + i, n - i, 0.0f), load_partial<V>(row + i, n - i, 0.0f), acc1);
   return V::reduce_add(V::add(acc0, acc1));
 }
 
-// out[0 .. NV*kWidth) = inv_sum * sum_j weights[j] * (values[j] + offset)[0 ..): the
+// out[0 .. NV*kWidth) = inv_sum * sum_j weights[j] * values[j][offset + first ..): the
 // accumulators stay in registers across all keys.
 template <class V, typename E, int NV>
-void weighted_sum(const float* weights, const void* const* values, int64_t offset, int64_t n_keys, float inv_sum,
-                  float* out) {
+void weighted_sum(const float* weights, const void* const* values, int64_t offset, int64_t first, int64_t n_keys,
+                  float inv_sum, float* out) {
   constexpr int W = V::kWidth;
   typename V::T acc[NV];
   for (int u = 0; u < NV; ++u) acc[u] = V::zero();
   for (int64_t j = 0; j < n_keys; ++j) {
     const typename V::T p = V::set1(weights[j]);
-    const E* v = static_cast<const E*>(values[j]) + offset;
-    for (int u = 0; u < NV; ++u) acc[u] = V::fma(p, V::load(v + u * W), acc[u]);
+    const E* v = kv_row<E>(values[j], offset);
+    for (int u = 0; u < NV; ++u) acc[u] = V::fma(p, load_kv<V>(v, first + u * W), acc[u]);
   }
   for (int u = 0; u < NV; ++u) V::store(out + u * W, V::mul(acc[u], V::set1(inv_sum)));
 }
 
-// The same for fewer than kWidth floats at the end of a head.
+// The same for fewer than kWidth floats at the end of a head (float and f16 rows only).
 template <class V, typename E>
 void weighted_sum_tail(const float* weights, const void* const* values, int64_t offset, int64_t n_keys,
                        float inv_sum, int64_t n, float* out) {
@@ -110,7 +136,7 @@ void attend_as(const AttendArgs& a) {
   const int64_t n_keys = a.n_keys, head_dim = a.head_dim;
   // Scores: each key is loaded once for all queries of the group.
   for (int64_t j = 0; j < n_keys; ++j) {
-    const E* key = static_cast<const E*>(a.keys[j]) + a.offset;
+    const E* key = kv_row<E>(a.keys[j], a.offset);
     for (int64_t i = 0; i < a.n_q; ++i) a.scratch[i * n_keys + j] = dot<V>(a.q + i * a.q_stride, key, head_dim) * a.scale;
   }
   for (int64_t i = 0; i < a.n_q; ++i) {
@@ -139,22 +165,26 @@ void attend_as(const AttendArgs& a) {
     const float inv_sum = 1.0f / sum;
     float* out = a.out + i * a.out_stride;
     int64_t d = 0;
-    for (; d + 4 * W <= head_dim; d += 4 * W) weighted_sum<V, E, 4>(s, a.values, a.offset + d, n_keys, inv_sum, out + d);
+    for (; d + 4 * W <= head_dim; d += 4 * W) weighted_sum<V, E, 4>(s, a.values, a.offset, d, n_keys, inv_sum, out + d);
     switch ((head_dim - d) / W) {
-      case 3: weighted_sum<V, E, 3>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
-      case 2: weighted_sum<V, E, 2>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
-      case 1: weighted_sum<V, E, 1>(s, a.values, a.offset + d, n_keys, inv_sum, out + d); break;
+      case 3: weighted_sum<V, E, 3>(s, a.values, a.offset, d, n_keys, inv_sum, out + d); break;
+      case 2: weighted_sum<V, E, 2>(s, a.values, a.offset, d, n_keys, inv_sum, out + d); break;
+      case 1: weighted_sum<V, E, 1>(s, a.values, a.offset, d, n_keys, inv_sum, out + d); break;
       default: break;
     }
     d += (head_dim - d) / W * W;
-    if (d < head_dim) weighted_sum_tail<V, E>(s, a.values, a.offset + d, n_keys, inv_sum, head_dim - d, out + d);
+    if constexpr (!kBlockRow<E>)
+      if (d < head_dim) weighted_sum_tail<V, E>(s, a.values, a.offset + d, n_keys, inv_sum, head_dim - d, out + d);
   }
 }
 
 template <class V>
 void attend(const AttendArgs& a) {
-  if (a.kv_type == DType::F16) attend_as<V, uint16_t>(a);
-  else attend_as<V, float>(a);
+  switch (a.kv_type) {
+    case DType::F16: attend_as<V, uint16_t>(a); break;
+    case DType::Q8_0: attend_as<V, BlockQ8_0>(a); break;
+    default: attend_as<V, float>(a); break;
+  }
 }
 
 // sum_i exp(x[i] - max): 4 vector accumulators, each block of 512 elements added in double.

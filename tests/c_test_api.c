@@ -144,6 +144,11 @@ static void test_model(const char* temp_dir) {
   context_params.kv_type = 7;
   check(octet_context_create(model, &context_params, &too_long) == OCTET_ERR_INVALID_ARGUMENT && too_long == NULL,
         "unknown kv_type refused");
+  check(strstr(octet_last_error(), "kv_type 7") != NULL, "the message names the kv_type");
+  context_params.kv_type = OCTET_KV_Q8_0;
+  check(octet_context_create(model, &context_params, &too_long) == OCTET_ERR_INVALID_ARGUMENT && too_long == NULL &&
+            strstr(octet_last_error(), "head_dim") != NULL,
+        "OCTET_KV_Q8_0 refused for stories260K's 8-wide heads, naming head_dim");
 
   octet_generate_params greedy;
   octet_generate_params_init(&greedy);
@@ -278,6 +283,59 @@ static void test_reference_text(const char* temp_dir) {
   remove(model_path);
 }
 
+/* A random llama2.c checkpoint with 32-wide heads (stories260K's are 8 wide, less than a Q8_0 block):
+ * dim 64, 2 heads, 1 layer, ffn 64, stories260K's 512-token vocabulary, 32 positions. */
+static int write_checkpoint_heads_of_32(const char* path) {
+  const int32_t header[7] = {64, 64, 1, 2, 2, 512, 32}; /* dim, hidden, layers, heads, kv heads, vocab, seq */
+  /* embedding, attention norm, q k v o, ffn norm, w1 w2 w3, final norm, legacy freq_cis (32 x 32) */
+  const long floats = 512 * 64 + 64 + 4 * 64 * 64 + 64 + 3 * 64 * 64 + 64 + 32 * 32;
+  FILE* f = fopen(path, "wb");
+  if (!f) return 0;
+  fwrite(header, sizeof header, 1, f);
+  uint32_t random = 12345;
+  for (long i = 0; i < floats; ++i) {
+    random = random * 1664525u + 1013904223u;
+    const float x = ((float)(random >> 8) / 16777216.0f - 0.5f) * 0.5f;
+    fwrite(&x, sizeof x, 1, f);
+  }
+  return fclose(f) == 0;
+}
+
+static void test_q8_0_kv_cache(const char* temp_dir) {
+  char checkpoint_path[512], model_path[512];
+  snprintf(checkpoint_path, sizeof checkpoint_path, "%s/heads32.bin", temp_dir);
+  snprintf(model_path, sizeof model_path, "%s/heads32.qbin", temp_dir);
+  octet_convert_params convert_params;
+  octet_convert_params_init(&convert_params);
+  convert_params.tokenizer_path = OCTET_SHARED "/models/stories260K/tok512.model";
+  octet_model* model = NULL;
+  octet_context* context = NULL;
+  octet_context_params context_params;
+  octet_context_params_init(&context_params);
+  context_params.kv_type = OCTET_KV_Q8_0;
+  const int ready = write_checkpoint_heads_of_32(checkpoint_path) &&
+                    octet_convert(checkpoint_path, model_path, &convert_params, NULL, NULL, NULL) == OCTET_OK &&
+                    octet_model_load(model_path, NULL, &model) == OCTET_OK &&
+                    octet_context_create(model, &context_params, &context) == OCTET_OK;
+  check(ready, "OCTET_KV_Q8_0 accepted for a model with 32-wide heads");
+  if (ready) {
+    octet_generate_params greedy;
+    octet_generate_params_init(&greedy);
+    greedy.temperature = 0;
+    greedy.max_tokens = 20;
+    static stream out;
+    octet_generate_stats stats;
+    check(generate(context, "Once upon a time", &greedy, &out, &stats) == OCTET_OK && stats.generated_tokens > 0,
+          "greedy generation with a q8_0 KV cache");
+  } else {
+    printf("      %s\n", octet_last_error());
+  }
+  octet_context_free(context);
+  octet_model_free(model);
+  remove(model_path);
+  remove(checkpoint_path);
+}
+
 int main(void) {
   printf("octet %s, kernels %s\n", octet_version(), octet_kernel_backend());
   char temp_dir[] = "/tmp/octet_c_test_XXXXXX";
@@ -288,6 +346,7 @@ int main(void) {
   test_error_paths(temp_dir);
   test_model(temp_dir);
   test_reference_text(temp_dir);
+  test_q8_0_kv_cache(temp_dir);
   rmdir(temp_dir);
   printf("%s: %d failed check(s)\n", failures ? "FAILED" : "PASSED", failures);
   return failures ? 1 : 0;

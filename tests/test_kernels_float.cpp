@@ -1,5 +1,5 @@
-// The float kernels on every backend this CPU runs, against double precision: attend (with f32
-// and f16 keys/values), sum_exp and silu.
+// The float kernels on every backend this CPU runs, against double precision: attend (with f32,
+// f16 and q8_0 keys/values), sum_exp and silu.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -28,7 +28,8 @@ struct BackendGuard {
 };
 
 // n_q queries over n_keys key/value rows scattered through a larger buffer (rows d elements
-// wide, the head at `offset`), as a beam's cache rows are.
+// wide, the head at `offset`), as a beam's cache rows are. Q8_0 rows are whole blocks: the head
+// starts one block in and ends the row.
 struct Problem {
   int64_t n_q, n_keys, head_dim, offset, d;
   DType kv_type;
@@ -36,9 +37,11 @@ struct Problem {
   std::vector<float> q;
   std::vector<uint8_t> memory_keys, memory_values;  // d elements of kv_type per row
   std::vector<const void*> keys, values;
+  std::vector<std::vector<float>> key_heads, value_heads;  // the heads as the kernel must read them
 
   Problem(std::mt19937& rng, int64_t n_q, int64_t n_keys, int64_t head_dim, float magnitude, DType kv_type)
-      : n_q(n_q), n_keys(n_keys), head_dim(head_dim), offset(3), d(head_dim + 5), kv_type(kv_type),
+      : n_q(n_q), n_keys(n_keys), head_dim(head_dim), offset(kv_type == DType::Q8_0 ? kBlockSize : 3),
+        d(head_dim + (kv_type == DType::Q8_0 ? kBlockSize : 5)), kv_type(kv_type),
         scale(1.0f / std::sqrt(float(head_dim))) {
     std::normal_distribution<float> normal(0.0f, magnitude);
     const int64_t memory_rows = 2 * n_keys + 1;
@@ -57,15 +60,15 @@ struct Problem {
       const int64_t r = pick(rng);
       keys.push_back(memory_keys.data() + r * row);
       values.push_back(memory_values.data() + r * row);
+      key_heads.push_back(head_of(keys.back()));
+      value_heads.push_back(head_of(values.back()));
     }
   }
 
-  // Element e of a stored row, as the kernel must read it.
-  double element(const void* row, int64_t e) const {
-    float out[1];
-    const size_t size = row_bytes(kv_type, 1);
-    dequantize_row(kv_type, static_cast<const uint8_t*>(row) + (offset + e) * size, out, 1);
-    return out[0];
+  std::vector<float> head_of(const void* row) const {
+    std::vector<float> all(d);
+    dequantize_row(kv_type, row, all.data(), d);
+    return {all.begin() + offset, all.begin() + offset + head_dim};
   }
 
   // out rows are head_dim + 2 apart; the gaps must stay untouched.
@@ -93,11 +96,11 @@ struct Problem {
     std::vector<double> s(n_keys);
     double max = -INFINITY, sum = 0, out = 0;
     for (int64_t j = 0; j < n_keys; ++j) {
-      for (int64_t e = 0; e < head_dim; ++e) s[j] += double(q[i * head_dim + e]) * element(keys[j], e);
+      for (int64_t e = 0; e < head_dim; ++e) s[j] += double(q[i * head_dim + e]) * key_heads[j][e];
       max = std::max(max, s[j] *= scale);
     }
     for (double& v : s) sum += (v = std::exp(v - max));
-    for (int64_t j = 0; j < n_keys; ++j) out += s[j] / sum * element(values[j], c);
+    for (int64_t j = 0; j < n_keys; ++j) out += s[j] / sum * value_heads[j][c];
     return out;
   }
 };
@@ -108,11 +111,15 @@ TEST_CASE("attend: every backend matches a double-precision softmax attention") 
   BackendGuard guard;
   std::mt19937 rng(11);
   for (const std::string& backend : backends())
-  for (DType kv_type : {DType::F32, DType::F16}) {
+  for (DType kv_type : {DType::F32, DType::F16, DType::Q8_0}) {
     REQUIRE(force_backend(backend.c_str()));
-    // Head sizes with and without vector tails; key counts around the vector widths; scores up to
-    // ~+-1000 (magnitude 8: the max shift must work) and near-uniform ones (magnitude 0.1).
-    for (int64_t head_dim : {4, 8, 17, 40, 64, 80, 128}) {
+    // Head sizes with and without vector tails (Q8_0: multiples of 32 only); key counts around the
+    // vector widths; scores up to ~+-1000 (magnitude 8: the max shift must work) and near-uniform
+    // ones (magnitude 0.1). The reference reads the stored (rounded) keys and values, so every type
+    // has the same bound.
+    const std::vector<int64_t> head_dims =
+        kv_type == DType::Q8_0 ? std::vector<int64_t>{32, 64, 96, 128} : std::vector<int64_t>{4, 8, 17, 40, 64, 80, 128};
+    for (int64_t head_dim : head_dims) {
       for (int64_t n_keys : {1, 2, 7, 16, 17, 33, 300}) {
         for (float magnitude : {0.1f, 1.0f, 8.0f}) {
           CAPTURE(backend);
@@ -144,10 +151,12 @@ TEST_CASE("attend: a query's result has the same bits alone as in a group") {
   // run as one batch must equal it run token by token, bit for bit.
   BackendGuard guard;
   std::mt19937 rng(12);
-  for (const std::string& backend : backends()) {
+  for (const std::string& backend : backends())
+  for (DType kv_type : {DType::F16, DType::Q8_0}) {
     REQUIRE(force_backend(backend.c_str()));
     CAPTURE(backend);
-    const Problem p(rng, 8, 45, 64, 1.0f, DType::F16);
+    CAPTURE(dtype_name(kv_type));
+    const Problem p(rng, 8, 45, 64, 1.0f, kv_type);
     const std::vector<float> group = p.run();
     const int64_t stride = p.head_dim + 2;
     for (int64_t i = 0; i < p.n_q; ++i) {

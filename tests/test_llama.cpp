@@ -907,6 +907,50 @@ TEST_CASE("stories260K with an f16 KV cache: the 64 greedy tokens, logits close 
   }
 }
 
+// A q8_0 KV cache stores each cached key and value as int8 times its block's f16 scale: within half
+// a step (1/254) of the block's largest magnitude, ~0.4%; for normal-like values that is ~20x the
+// absolute error of f16 (2^-12 relative). stories260K's heads are 8 wide, less than a block, so it
+// refuses one; a random model with 64-wide heads (SmolLM2's and TinyLlama's size) stands in, over
+// a 300-token prompt and 64 greedy tokens (364 logit rows). Random models amplify any perturbation
+// (~20x here, as for their weights above). Measured against the f32 cache, the same on the scalar,
+// avx2 and avx512 kernels: q8_0 max relative 0.129 (max abs 1.04), top-1 347-348/364, identical
+// greedy prefix 13/64; f16 0.0052, top-1 364/364. stories260K's f16 error (8e-4, above) suggests a
+// trained model moves ~7x less. Asserted with ~2x margin: q8_0 under 0.25 and 90% of the top-1s, at
+// least 6 identical greedy ids, and well above f16's error (the cache really is 8-bit). A broken
+// path would give errors ~1 and ~1/512 agreement.
+TEST_CASE("q8_0 KV cache: logits close to the f32 cache's on 64-wide heads; heads of 8 refused") {
+  TempDir dir("llama_kv_q8");
+  TinyModel m;
+  m.head_dim = 64;  // q_dim 256, kv_dim 128
+  randomize(m, 50);
+  const std::string path = (dir / "tiny_head64.qbin").string();
+  write_tiny(m, path);
+  const auto model = LanguageModel::load(path);
+  const std::vector<int32_t> prompt = random_tokens(51, 300, m.vocab);
+  const std::vector<int32_t> with_f32 = greedy(*model, prompt, 64, 1.0f, DType::F32);
+  const std::vector<int32_t> with_q8 = greedy(*model, prompt, 64, 1.0f, DType::Q8_0);
+  std::vector<int32_t> sequence = prompt;
+  sequence.insert(sequence.end(), with_f32.begin(), with_f32.end());
+  const std::vector<float> f32 = batch_logits(*model, sequence, DType::F32);
+  const test::LogitError f16 =
+      test::compare_logits(batch_logits(*model, sequence, DType::F16).data(), f32.data(), sequence.size(), m.vocab);
+  const test::LogitError q8 =
+      test::compare_logits(batch_logits(*model, sequence, DType::Q8_0).data(), f32.data(), sequence.size(), m.vocab);
+  const int prefix = identical_prefix(with_q8, with_f32);
+  MESSAGE("random model, 64-wide heads, against the f32 cache: q8_0 KV max relative " << q8.max_relative << ", max abs "
+          << q8.max_abs << ", top-1 " << q8.top1_agree << "/" << q8.rows << ", identical greedy prefix " << prefix
+          << "/64; f16 KV max relative " << f16.max_relative << ", top-1 " << f16.top1_agree << "/" << f16.rows);
+  CHECK(q8.max_relative < 0.25);
+  CHECK(q8.top1_agree >= 0.9 * q8.rows);
+  CHECK(prefix >= 6);
+  CHECK(q8.max_relative > 5 * f16.max_relative);
+
+  const auto stories = LanguageModel::load(convert_stories(dir, DType::F32));
+  test::check_error([&] { stories->new_state(64, DType::Q8_0); }, ErrorCode::InvalidArgument,
+                    {"q8_0", "head_dim", "multiple of 32", "is 8"});
+  test::check_error([&] { stories->new_state(64, DType::Q4_0); }, ErrorCode::InvalidArgument, "not supported");
+}
+
 TEST_CASE("stories260K: the scalar kernels give the same greedy tokens as the default backend") {
   TempDir dir("llama_stories_scalar");
   const std::string best = kernels::backend_name();
