@@ -71,6 +71,18 @@ void by_rows(const void* w, const void* x, size_t x_stride, int rows, int64_t k,
   }
 }
 
+// The PackedTileFn of an ISA file whose packed tile is a template over the height: group by
+// group, the tile of the asked height.
+using PackedTileR = void (*)(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x,
+                             const int32_t* corr, float* y, int64_t ldy);
+template <PackedTileR Tile1, PackedTileR Tile2, PackedTileR Tile3, PackedTileR Tile4>
+void packed_by_rows(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
+                    const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy) {
+  static_assert(kPackedTileRows == 4);
+  const PackedTileR tile = rows == 1 ? Tile1 : rows == 2 ? Tile2 : rows == 3 ? Tile3 : Tile4;
+  for (int64_t g = 0; g < n_groups; ++g, group += group_bytes, y += kPackRows) tile(group, quant_offset, nb, x, corr, y, ldy);
+}
+
 // No function in an ISA file may run before dispatch.cpp has checked the CPU (which it does in
 // plain x86-64 / armv8-a code), so the table holds only the kernels.
 struct Backend {

@@ -211,18 +211,8 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
 }
 
 template <DType T>
-void packed_rows(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
-                 const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy) {
-  static_assert(kPackedTileRows == 4);
-  for (int64_t g = 0; g < n_groups; ++g, group += group_bytes, y += kPackRows) {
-    switch (rows) {
-      case 1: packed_tile<T, 1>(group, quant_offset, nb, x, corr, y, ldy); break;
-      case 2: packed_tile<T, 2>(group, quant_offset, nb, x, corr, y, ldy); break;
-      case 3: packed_tile<T, 3>(group, quant_offset, nb, x, corr, y, ldy); break;
-      default: packed_tile<T, 4>(group, quant_offset, nb, x, corr, y, ldy); break;
-    }
-  }
-}
+constexpr PackedTileFn kPackedTile =
+    packed_by_rows<packed_tile<T, 1>, packed_tile<T, 2>, packed_tile<T, 3>, packed_tile<T, 4>>;
 
 struct Vec4 {
   using T = float32x4_t;
@@ -270,7 +260,7 @@ const Backend& neon_backend() {
       simd::attend<Vec4>,
       simd::sum_exp<Vec4>,
       simd::silu<Vec4>,
-      {nullptr, nullptr, packed_rows<DType::Q8_0>, packed_rows<DType::Q4_0>, nullptr},
+      {nullptr, nullptr, kPackedTile<DType::Q8_0>, kPackedTile<DType::Q4_0>, nullptr},
   };
   return backend;
 }
