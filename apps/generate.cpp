@@ -163,27 +163,27 @@ void report(const octet_generate_stats& s) {
                s.generate_seconds > 0 ? s.generated_tokens / s.generate_seconds : 0.0, stop_reason_name(s.stop_reason));
 }
 
-std::string chat_format(const octet_model* model, const std::vector<std::string>& roles,
-                        const std::vector<std::string>& contents) {
+// The text a chat turn generates from (octet_chat_format_next): the conversation's newest part.
+std::string chat_next_turn(const octet_model* model, const std::vector<std::string>& roles,
+                           const std::vector<std::string>& contents) {
   std::vector<octet_chat_message> messages;
   for (size_t i = 0; i < roles.size(); ++i) messages.push_back({roles[i].c_str(), contents[i].c_str()});
   size_t length = 0;
-  octet_chat_format(model, messages.data(), messages.size(), 1, nullptr, 0, &length);  // size it
+  octet_chat_format_next(model, messages.data(), messages.size(), nullptr, 0, &length);  // size it
   std::string text(length, '\0');
-  check(octet_chat_format(model, messages.data(), messages.size(), 1, text.data(), text.size() + 1, &length),
+  check(octet_chat_format_next(model, messages.data(), messages.size(), text.data(), text.size() + 1, &length),
         "chat template");
   return text;
 }
 
 // Chat keeps the KV cache between turns: each turn sends only what the formatted conversation
-// adds to the text already in the context (the earlier prompts and replies).
+// adds after the last reply, which the context holds as it was generated.
 void run_chat(const octet_model* model, octet_context* context, Options& options) {
   const bool templated = octet_model_has_chat_template(model);
   if (!templated) std::fprintf(stderr, "note: this model has no chat template; lines are sent as plain text\n");
   if (!templated && !options.system.empty()) die("--system needs a model with a chat template");
   std::vector<std::string> roles, contents;
   if (!options.system.empty()) roles.push_back("system"), contents.push_back(options.system);
-  std::string in_context;  // the text the context holds
   const bool interactive = isatty(STDIN_FILENO);
   std::string line;
   while (true) {
@@ -193,11 +193,7 @@ void run_chat(const octet_model* model, octet_context* context, Options& options
     contents.push_back(line);
     std::string prompt = line;
     if (templated) {
-      const std::string conversation = chat_format(model, roles, contents);
-      size_t common = 0;
-      while (common < in_context.size() && common < conversation.size() && in_context[common] == conversation[common])
-        ++common;
-      prompt = conversation.substr(common);
+      prompt = chat_next_turn(model, roles, contents);
       options.generate.add_bos = 0;  // the template writes BOS itself where the model wants one
     }
     std::string reply;
@@ -207,13 +203,11 @@ void run_chat(const octet_model* model, octet_context* context, Options& options
     std::fputc('\n', stdout);
     std::fflush(stdout);
     report(stats);
-    in_context += prompt + reply;
     roles.push_back("assistant");
     contents.push_back(reply);
     if (stats.stop_reason == OCTET_STOP_CONTEXT_FULL) {
       std::fprintf(stderr, "note: the context is full; starting a new conversation\n");
       octet_context_reset(context);
-      in_context.clear();
       roles.resize(options.system.empty() ? 0 : 1);
       contents.resize(roles.size());
     }

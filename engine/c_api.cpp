@@ -140,6 +140,28 @@ octet_stop_reason to_c(octet::decoding::StopReason reason) {
   return OCTET_STOP_EOS;
 }
 
+// The conversation formatted by `format` with the model's chat template, copied out.
+template <typename Format>
+void format_chat(const char* function, const octet_model* model, const octet_chat_message* messages, size_t n_messages,
+                 char* text, size_t capacity, size_t* text_len, Format format) {
+  const std::string name(function);
+  require(model && text_len, (name + ": model and text_len must not be NULL").c_str());
+  require(messages || n_messages == 0, (name + ": messages is NULL").c_str());
+  require(text || capacity == 0, (name + ": text is NULL with a non-zero capacity").c_str());
+  std::vector<octet::ChatMessage> conversation;
+  conversation.reserve(n_messages);
+  for (size_t i = 0; i < n_messages; ++i) {
+    require(messages[i].role && messages[i].content, (name + ": a message's role or content is NULL").c_str());
+    conversation.push_back({messages[i].role, messages[i].content});
+  }
+  const octet::Tokenizer& tokenizer = model->model->tokenizer();
+  const std::string source = model->model->file().metadata().str_or("tokenizer.chat_template", std::string());
+  const octet::ChatTemplate chat_template(
+      source, token_text(tokenizer, tokenizer.bos_id()),
+      token_text(tokenizer, tokenizer.eos_ids().empty() ? -1 : tokenizer.eos_ids().front()));
+  copy_out(format(chat_template, std::span<const octet::ChatMessage>(conversation)), text, capacity, text_len);
+}
+
 }  // namespace
 
 extern "C" {
@@ -243,22 +265,16 @@ octet_status octet_chat_format(const octet_model* model, const octet_chat_messag
                                size_t n_messages, int add_generation_prompt, char* text,
                                size_t capacity, size_t* text_len) {
   return guarded([&] {
-    require(model && text_len, "octet_chat_format: model and text_len must not be NULL");
-    require(messages || n_messages == 0, "octet_chat_format: messages is NULL");
-    require(text || capacity == 0, "octet_chat_format: text is NULL with a non-zero capacity");
-    std::vector<octet::ChatMessage> conversation;
-    conversation.reserve(n_messages);
-    for (size_t i = 0; i < n_messages; ++i) {
-      require(messages[i].role && messages[i].content, "octet_chat_format: a message's role or content is NULL");
-      conversation.push_back({messages[i].role, messages[i].content});
-    }
-    const octet::Tokenizer& tokenizer = model->model->tokenizer();
-    const std::string source =
-        model->model->file().metadata().str_or("tokenizer.chat_template", std::string());
-    const octet::ChatTemplate chat_template(
-        source, token_text(tokenizer, tokenizer.bos_id()),
-        token_text(tokenizer, tokenizer.eos_ids().empty() ? -1 : tokenizer.eos_ids().front()));
-    copy_out(chat_template.apply(conversation, add_generation_prompt != 0), text, capacity, text_len);
+    format_chat("octet_chat_format", model, messages, n_messages, text, capacity, text_len,
+                [&](const octet::ChatTemplate& t, auto conversation) { return t.apply(conversation, add_generation_prompt != 0); });
+  });
+}
+
+octet_status octet_chat_format_next(const octet_model* model, const octet_chat_message* messages,
+                                    size_t n_messages, char* text, size_t capacity, size_t* text_len) {
+  return guarded([&] {
+    format_chat("octet_chat_format_next", model, messages, n_messages, text, capacity, text_len,
+                [](const octet::ChatTemplate& t, auto conversation) { return t.next_turn(conversation); });
   });
 }
 

@@ -1,6 +1,7 @@
 #include "engine/chat_template.h"
 
 #include <ctime>
+#include <vector>
 
 #include "engine/error.h"
 
@@ -117,6 +118,23 @@ const char* ChatTemplate::family_name() const {
     case Family::Gemma: return "gemma";
   }
   return "";
+}
+
+std::string ChatTemplate::next_turn(std::span<const ChatMessage> messages) const {
+  size_t last_reply = messages.size();
+  for (size_t i = 0; i < messages.size(); ++i)
+    if (messages[i].role == "assistant") last_reply = i;
+  if (last_reply == messages.size()) return apply(messages, true);
+  // The reply's place, found through a marker no template rewrites (no spaces to trim, no
+  // template syntax, a control character no real reply carries).
+  constexpr std::string_view kMarker = "\x01reply\x01";
+  std::vector<ChatMessage> marked(messages.begin(), messages.end());
+  marked[last_reply].content = kMarker;
+  const std::string text = apply(marked, true);
+  const size_t at = text.rfind(kMarker);
+  if (at == std::string::npos)
+    fail(ErrorCode::Unsupported, std::string("the ") + family_name() + " chat template does not write assistant replies");
+  return text.substr(at + kMarker.size());
 }
 
 std::string ChatTemplate::apply(std::span<const ChatMessage> messages, bool add_generation_prompt) const {

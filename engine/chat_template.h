@@ -32,6 +32,13 @@ class ChatTemplate {
 
   std::string apply(std::span<const ChatMessage> messages, bool add_generation_prompt) const;
 
+  // What a chat that keeps its KV cache feeds for the conversation's newest messages: the text
+  // after the last assistant message in apply(messages, true), i.e. that reply's end of turn,
+  // the messages after it and the generation prompt; all of apply(messages, true) when there is
+  // no assistant message. The cache holds each reply as the model generated it, which templates
+  // may rewrite (Llama 2 trims it), so the reply itself is never fed again.
+  std::string next_turn(std::span<const ChatMessage> messages) const;
+
   const char* family_name() const;
 
   // Llama 3.1/3.2 write "Today Date: <date>" in the system header. Templates that call

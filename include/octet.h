@@ -75,6 +75,14 @@ typedef struct octet_chat_message {
 octet_status octet_chat_format(const octet_model* model, const octet_chat_message* messages,
                                size_t n_messages, int add_generation_prompt, char* text,
                                size_t capacity, size_t* text_len);
+/* For a chat that keeps its context between turns: the text to generate from after the user's
+ * newest message. That is what follows the last assistant message in the formatted conversation
+ * (its end of turn, the newer messages, the generation prompt), or the whole formatted
+ * conversation while it has no assistant message. The context must hold each earlier reply as
+ * it was generated: templates may rewrite a reply (Llama 2 trims it), so it is never sent again.
+ * Same capacity convention. */
+octet_status octet_chat_format_next(const octet_model* model, const octet_chat_message* messages,
+                                    size_t n_messages, char* text, size_t capacity, size_t* text_len);
 
 /* ---- Generation ------------------------------------------------------------------------ */
 

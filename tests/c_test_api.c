@@ -65,6 +65,7 @@ static void test_error_paths(const char* temp_dir) {
   check(octet_tokenize(NULL, "a", 1, 1, 0, NULL, 0, &n) == OCTET_ERR_INVALID_ARGUMENT, "tokenize(NULL model)");
   check(octet_detokenize(NULL, NULL, 0, NULL, 0, &n) == OCTET_ERR_INVALID_ARGUMENT, "detokenize(NULL model)");
   check(octet_chat_format(NULL, NULL, 0, 1, NULL, 0, &n) == OCTET_ERR_INVALID_ARGUMENT, "chat_format(NULL model)");
+  check(octet_chat_format_next(NULL, NULL, 0, NULL, 0, &n) == OCTET_ERR_INVALID_ARGUMENT, "chat_format_next(NULL model)");
   octet_context* context = (octet_context*)1;
   check(octet_context_create(NULL, NULL, &context) == OCTET_ERR_INVALID_ARGUMENT && context == NULL,
         "context_create(NULL model)");
@@ -130,6 +131,8 @@ static void test_model(const char* temp_dir) {
   octet_chat_message hello = {"user", "hi"};
   check(octet_chat_format(model, &hello, 1, 1, decoded, sizeof decoded, &decoded_len) == OCTET_ERR_UNSUPPORTED,
         "chat_format without a template -> UNSUPPORTED");
+  check(octet_chat_format_next(model, &hello, 1, decoded, sizeof decoded, &decoded_len) == OCTET_ERR_UNSUPPORTED,
+        "chat_format_next without a template -> UNSUPPORTED");
 
   octet_context_params context_params;
   octet_context_params_init(&context_params);

@@ -13,6 +13,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <cctype>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -319,6 +321,33 @@ TEST_CASE("every family renders as its real template") {
     const std::vector<ChatMessage> unfinished(kConversation.begin(), kConversation.begin() + 2);
     CHECK(chat.apply(unfinished, false) == c.no_generation);
   }
+}
+
+TEST_CASE("the next turn of a kept context is what follows the last reply, and never the reply again") {
+  for (const Case& c : kCases) {
+    CAPTURE(c.name);
+    ChatTemplate chat(c.source, c.bos, c.eos);
+    chat.date_string = "26 Jul 2024";
+    const std::string full = c.without_system;
+    const std::string next = chat.next_turn(kConversation);
+    // The full rendering is: everything up to and including the reply as the template writes
+    // it, then `next`. The reply (trimmed or not) ends what comes before.
+    REQUIRE(full.size() >= next.size());
+    CHECK(full.compare(full.size() - next.size(), next.size(), next) == 0);
+    std::string before = full.substr(0, full.size() - next.size());
+    while (!before.empty() && std::isspace(static_cast<unsigned char>(before.back()))) before.pop_back();
+    CHECK(before.ends_with("Hello, how can I help?"));
+    CHECK(next.find("What is 2+2?") != std::string::npos);
+    CHECK(next.find("Hello, how can I help?") == std::string::npos);
+    CHECK(next.find("Hi there!") == std::string::npos);
+    // Before any reply, the whole conversation.
+    const std::vector<ChatMessage> first(kConversation.begin(), kConversation.begin() + 1);
+    CHECK(chat.next_turn(first) == chat.apply(first, true));
+  }
+  // Llama 2 writes ' ' + trim(reply) + ' ' + eos: the next turn starts after the reply, with the
+  // space and EOS the model's own reply tokens do not hold.
+  ChatTemplate llama2(kLlama2, "<s>", "</s>");
+  CHECK(llama2.next_turn(kConversation) == " </s><s>[INST] What is 2+2? [/INST]");
 }
 
 TEST_CASE("families are recognized by their markers") {
