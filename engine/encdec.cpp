@@ -221,12 +221,6 @@ EncDecModel::EncDecModel(std::shared_ptr<const qbin::File> file)
 
 namespace {
 
-// q, k, v projections (each [n][d]) of n rows of `in`.
-// out[i] += bias for n rows of d; bias may be null.
-void add_biases(const float* bias, float* out, int64_t n, int64_t d) {
-  if (bias) ops::add_bias(out, bias, n, d);
-}
-
 // x = x + f(norm(x)) (pre-norm) or x = norm(x + f(x)) (post-norm) for n rows of d; f(in, out)
 // reads n rows of `in` and writes n rows of `out` without its last projection's bias, which is
 // added here (out_bias, null for none) with the residual and the norm in one pass over each row.
@@ -368,9 +362,9 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
     residual_block(c.pre_norm, a.norm_weight, a.norm_bias, c.norm_eps, a.out_bias, x, h_.data(), o_.data(), n, d,
                    [&](const float* in, float* out) {
                      ops::matmul({{a.q, q_.data(), d}, {a.k, k_.data(), d}, {a.v, v_.data(), d}}, in, n);
-                     add_biases(a.q_bias, q_.data(), n, d);
-                     add_biases(a.k_bias, k_.data(), n, d);
-                     add_biases(a.v_bias, v_.data(), n, d);
+                     if (a.q_bias) ops::add_bias(q_.data(), a.q_bias, n, d);
+                     if (a.k_bias) ops::add_bias(k_.data(), a.k_bias, n, d);
+                     if (a.v_bias) ops::add_bias(v_.data(), a.v_bias, n, d);
                      // Each token sees its own sentence's tokens only: the key padding mask.
 #pragma omp parallel for schedule(dynamic, 8) if (n * longest * d > kParallelWork)
                      for (int64_t i = 0; i < n; ++i) {
@@ -395,8 +389,8 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
     float* keys = cross_keys_.data() + l * n * d;
     float* values = cross_values_.data() + l * n * d;
     ops::matmul({{a.k, keys, d}, {a.v, values, d}}, encoder_out_.data(), n);
-    add_biases(a.k_bias, keys, n, d);
-    add_biases(a.v_bias, values, n, d);
+    if (a.k_bias) ops::add_bias(keys, a.k_bias, n, d);
+    if (a.v_bias) ops::add_bias(values, a.v_bias, n, d);
   }
 
   // A fresh decoder: no positions, caches emptied (their memory kept for the next batch).

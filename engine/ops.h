@@ -4,7 +4,6 @@
 #pragma once
 #include <cstdint>
 #include <initializer_list>
-#include <memory>
 #include <vector>
 
 #include "kernels/blocks.h"

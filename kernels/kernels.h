@@ -97,11 +97,8 @@ bool packable(DType t);  // Q8_0, Q4_0
 size_t packed_bytes(DType t, int64_t N, int64_t K);
 // The packed matrix at `data` (packed_bytes(t, N, K) bytes, 64-byte aligned).
 PackedWeights packed_view(DType t, const void* data, int64_t N, int64_t K);
-// Writes the packed form of W (N row-major rows of K elements of type t) to out, which holds
-// packed_bytes(t, N, K) bytes. Runs on the calling thread.
-void pack_matrix(DType t, const void* W, int64_t N, int64_t K, uint8_t* out);
-
-// A packed copy of a row-major matrix, in memory of its own (64-byte aligned).
+// A packed copy of W (N row-major rows of K elements of type t), in memory of its own (64-byte
+// aligned): what the converter writes. Packs on the calling thread.
 class PackedBuffer {
  public:
   PackedBuffer(DType t, const void* W, int64_t N, int64_t K);

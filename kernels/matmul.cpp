@@ -117,10 +117,11 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
   const DType wtype = products[0].w.dtype;
   const int64_t K = products[0].w.cols;
   const size_t w_stride = row_bytes(wtype, K);
+  if (w_stride == 0 || !packable(wtype)) bad_call("not a packed matrix", wtype, K, products[0].w.rows, products[0].ldy);
   int64_t total_rows = 0;
   for (const PackedProduct& p : products) {
-    if (p.w.dtype != wtype || p.w.cols != K || w_stride == 0 || !packable(wtype))
-      bad_call("products of different types or lengths, or not packed", p.w.dtype, p.w.cols, p.w.rows, p.ldy);
+    if (p.w.dtype != wtype || p.w.cols != K)
+      bad_call("products of different types or lengths", p.w.dtype, p.w.cols, p.w.rows, p.ldy);
     if (p.ldy < p.w.rows) bad_call("ldy < N", wtype, K, p.w.rows, p.ldy);
     total_rows += p.w.rows;
   }

@@ -113,6 +113,9 @@ PackedWeights packed_view(DType t, const void* data, int64_t N, int64_t K) {
   return P;
 }
 
+namespace {
+
+// Writes the packed form of W to out (packed_bytes(t, N, K) bytes, 64-byte aligned).
 void pack_matrix(DType t, const void* W, int64_t N, int64_t K, uint8_t* out) {
   const PackedWeights P = packed_view(t, out, N, K);
   const size_t w_stride = row_bytes(t, K);
@@ -148,6 +151,8 @@ void pack_matrix(DType t, const void* W, int64_t N, int64_t K, uint8_t* out) {
   if (tail_rows > 0)
     std::memcpy(out + (size_t)P.groups * P.group_bytes, src + (size_t)P.packed_rows() * w_stride, tail_rows * w_stride);
 }
+
+}  // namespace
 
 PackedBuffer::PackedBuffer(DType t, const void* W, int64_t N, int64_t K) : size_(packed_bytes(t, N, K)) {
   // aligned_alloc wants a size that is a multiple of the alignment (and > 0).

@@ -79,10 +79,8 @@ const E* kv_row(const void* row, int64_t offset) {
 }
 
 // kWidth floats from element e of a row (e a multiple of kWidth).
-template <class V>
-typename V::T load_kv(const float* row, int64_t e) { return V::load(row + e); }
-template <class V>
-typename V::T load_kv(const uint16_t* row, int64_t e) { return V::load(row + e); }
+template <class V, typename E>
+typename V::T load_kv(const E* row, int64_t e) { return V::load(row + e); }
 template <class V>
 typename V::T load_kv(const BlockQ8_0* row, int64_t e) {
   const BlockQ8_0& block = row[e / kBlockSize];
