@@ -21,6 +21,10 @@ constexpr size_t kChunkBytes = 128 * 1024;
 // Below this many multiply-adds a call takes about as long as waking the other threads, so it
 // runs on the calling thread alone (tiny models would otherwise spend most time in barriers).
 constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
+// A single row of activations (a decode step) is quantized by the calling thread before the
+// parallel region: split across threads it is one thread's work anyway, and the barrier after it
+// would cost more than the quantization (about a microsecond per thousand values).
+inline bool quantize_before_region(int64_t M) { return M == 1; }
 
 [[noreturn]] void bad_call(const char* what, DType t, int64_t K, int64_t N, int64_t ldy) {
   std::fprintf(stderr, "octet::kernels::matmul: %s (wtype %s, K %lld, N %lld, ldy %lld)\n", what,
@@ -88,6 +92,7 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
     act = calling_thread_scratch<BlockQ8A>((size_t)M * (size_t)(K / kBlockSize));
     x_base = reinterpret_cast<const char*>(act);
     x_stride = (size_t)(K / kBlockSize) * sizeof(BlockQ8A);
+    if (quantize_before_region(M)) backend.quantize_act(X, act, K);
   }
 
   int64_t chunk_rows = units_per_chunk(w_stride, N);
@@ -97,7 +102,7 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
 
 #pragma omp parallel if (M * N * K >= kMinParallelMacs)
   {
-    if (quantized) {
+    if (quantized && !quantize_before_region(M)) {
 #pragma omp for schedule(static)
       for (int64_t m = 0; m < M; ++m) backend.quantize_act(X + m * K, act + m * (K / kBlockSize), K);
     }
@@ -150,12 +155,17 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
   }
   const int64_t chunks = first_chunk[products.size()];
 
+  const auto quantize_row = [&](int64_t m) {
+    backend.quantize_act(X + m * K, act + m * nb, K);
+    packed_corrections(wtype, act + m * nb, nb, corr + m * nb);
+  };
+  if (quantize_before_region(M)) quantize_row(0);
+
 #pragma omp parallel if (M * total_rows * K >= kMinParallelMacs)
   {
+    if (!quantize_before_region(M)) {
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
-      backend.quantize_act(X + m * K, act + m * nb, K);
-      packed_corrections(wtype, act + m * nb, nb, corr + m * nb);
+      for (int64_t m = 0; m < M; ++m) quantize_row(m);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c) {
