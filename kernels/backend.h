@@ -40,11 +40,14 @@ using DotBlockFn = void (*)(const void* w, size_t w_stride, int wrows, const voi
 // 1 thread: Q8_0 280, Q4_0 288 GMAC/s at M = 512; 8 rows 271 / 278, 6 rows 283 / 284).
 constexpr int kPackedTileRows = 4;
 
-// How far ahead of its reads a packed x86 kernel prefetches its weights. The hardware prefetcher
-// alone left AVX2 GEMV from DRAM at ~17 GB/s (row-major streams ~31); 8-12 KiB ahead gave 36-38
-// GB/s, and Q8_0 GEMM on matrices beyond L2 ~10% more. AVX-512 GEMV at 1 thread: Q4_0 25-30 ->
-// 31-35 GB/s, Q8_0 37 -> 38-42 (2-vCPU EPYC VM). The address is computed in integers: it may lie
-// past the matrix, which a prefetch may touch but a pointer may not point to.
+// How far ahead of its reads a packed x86 kernel prefetches its weights, and into which cache: L2
+// (_MM_HINT_T1), so that the prefetches do not hold the few L1 miss buffers the loads need. The
+// hardware prefetcher alone left AVX2 GEMV from DRAM at ~17 GB/s (row-major streams ~31); 8 KiB
+// ahead into L1 gave 36-38 on one 2-vCPU EPYC VM. On another, whose memory is further away (~32
+// GB/s read at 2 threads, 15-20 from one core), that lost to no prefetch at all, and into L2 won:
+// decode +25% on the SmolLM2 shape, +10% on TinyLlama; 4-16 KiB ahead all did about as well
+// there (bench/README.md). The address is computed in integers: it may lie past the matrix, which
+// a prefetch may touch but a pointer may not point to.
 constexpr uintptr_t kPrefetchBytes = 8192;
 
 // For n_groups consecutive packed groups (group g at group + g * group_bytes; its scales first,

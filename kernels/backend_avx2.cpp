@@ -191,7 +191,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     const uint8_t* q = quants + b * kQb;
     // Integer arithmetic: see kPrefetchBytes.
     for (size_t line = 0; line < kQb; line += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(q) + kPrefetchBytes + line), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(q) + kPrefetchBytes + line), _MM_HINT_T1);
     __m256i s[R][2];
     if constexpr (T == DType::Q8_0) {
       for (int r = 0; r < R; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();

@@ -272,13 +272,23 @@ void packed_gemv(const uint8_t* group, size_t group_bytes, size_t quant_offset, 
   __m512 acc[G];
   for (int g = 0; g < G; ++g) groups[g] = group + g * group_bytes, acc[g] = _mm512_setzero_ps();
   const __m512i mask_low = _mm512_set1_epi8(0x0f), mask_high = _mm512_set1_epi8((char)0xf0);
+  // Each group is its own stream: it prefetches its block kPrefetchBytes ahead, which past its end
+  // is the same block of the group G further on (the next call's), and that group's scales. A
+  // plain address + kPrefetchBytes would land in the neighbouring group this call reads already.
+  // Integer arithmetic: see kPrefetchBytes.
+  constexpr int64_t kAhead = kPrefetchBytes / kQb;
+  int64_t ahead_block = kAhead % nb;
+  uintptr_t ahead_groups = (kAhead / nb) * G * group_bytes;
   for (int64_t b = 0; b < nb; ++b) {
     const BlockQ8A& xb = x[b];
-    for (int g = 0; g < G; ++g)  // integer arithmetic: see kPrefetchBytes
+    for (int g = 0; g < G; ++g) {
+      const uintptr_t stream = reinterpret_cast<uintptr_t>(groups[g]);
       for (size_t line = 0; line < kQb; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(groups[g] + quant_offset + b * kQb) +
-                                                   kPrefetchBytes + line),
-                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(stream + ahead_groups + quant_offset + ahead_block * kQb + line),
+                     _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(stream + G * group_bytes + b * 2 * kPackRows), _MM_HINT_T1);
+    }
+    if (++ahead_block == nb) ahead_block = 0, ahead_groups += G * group_bytes;
     __m512i s[G];
     if constexpr (T == DType::Q8_0) {
       __m512i even[G], odd[G];
