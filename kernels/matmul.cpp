@@ -145,8 +145,16 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
 
   // Per product: chunks of whole groups, sized like matmul's over all the products' groups, then
   // one chunk for its row-major tail rows. first_chunk[j] is product j's first chunk.
-  const PackedWeights& first = products[0].w;
-  const int64_t chunk_groups = units_per_chunk(first.group_bytes, total_rows / kPackRows);
+  // A GEMV passes over the weights once: there one contiguous share per thread reads fastest (each
+  // thread's prefetch runs ahead through all of it; decode +11-18% over 128 KiB chunks on the
+  // 2-vCPU VM), rounded to whole pairs of groups, which the GEMV kernels take two at a time.
+  const int64_t total_groups = total_rows / kPackRows;
+  int64_t chunk_groups = units_per_chunk(products[0].w.group_bytes, total_groups);
+  if (M == 1) {
+    const int64_t threads = omp_get_max_threads();
+    chunk_groups = std::max<int64_t>(1, (total_groups + threads - 1) / threads);
+    chunk_groups += chunk_groups % 2;
+  }
   int64_t first_chunk[kMaxPackedProducts + 1] = {0};
   for (size_t j = 0; j < products.size(); ++j) {
     const PackedWeights& w = products[j].w;
