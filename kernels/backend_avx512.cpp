@@ -208,14 +208,13 @@ inline __m512i broadcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// Rows per tile up to which each block sum runs as two chains (below). Measured at 1 thread on the
-// TinyLlama layer: splitting R = 4 too, or tiles of 6 or 8 rows, were no faster (within noise).
-constexpr int kSplitRows = 2;
-
 // R >= 2 activation rows against one group (one row is packed_gemv's). Q8_0: the 8 weight chunks
 // of a block are loaded once and reused by every row. Q4_0: the 4 vectors are split into low
-// (elements 4p..) and high (16+4p..) nibbles. For R <= kSplitRows each row's block sum runs as two
-// interleaved chains (even / odd chunks), added at the end: integer, so the same value as one chain.
+// (elements 4p..) and high (16+4p..) nibbles. Each row's block sum runs as two interleaved chains
+// (even / odd chunks), added at the end: integer, so the same value as one chain. On a Zen 4 VM,
+// which runs a 512-bit vpdpbusd as two halves, two chains at R = 4 gave Q8_0 162 -> 169 GMAC/s
+// at M = 512 (about one vpdpbusd per cycle, its peak there; Q4_0 unchanged). On the earlier VM
+// (236-285 GMAC/s per core) they were no faster than one chain, nor were tiles of 6 or 8 rows.
 template <DType T, int R>
 void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
                  float* y, int64_t ldy) {
@@ -241,18 +240,12 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     if (b + 4 < nb) _mm_prefetch(reinterpret_cast<const char*>(scales + (b + 4) * kPackRows), _MM_HINT_T0);
     for (int r = 0; r < R; ++r) {
       const BlockQ8A& xb = x[r * nb + b];
-      __m512i s;
-      if constexpr (R <= kSplitRows) {
-        __m512i s0 = _mm512_set1_epi32(corr[r * nb + b]), s1 = _mm512_setzero_si512();
-        for (int c = 0; c < 8; c += 2) {
-          s0 = _mm512_dpbusd_epi32(s0, w[c], broadcast4(xb.qs + 4 * c));
-          s1 = _mm512_dpbusd_epi32(s1, w[c + 1], broadcast4(xb.qs + 4 * c + 4));
-        }
-        s = _mm512_add_epi32(s0, s1);
-      } else {
-        s = _mm512_set1_epi32(corr[r * nb + b]);
-        for (int c = 0; c < 8; ++c) s = _mm512_dpbusd_epi32(s, w[c], broadcast4(xb.qs + 4 * c));
+      __m512i s0 = _mm512_set1_epi32(corr[r * nb + b]), s1 = _mm512_setzero_si512();
+      for (int c = 0; c < 8; c += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, w[c], broadcast4(xb.qs + 4 * c));
+        s1 = _mm512_dpbusd_epi32(s1, w[c + 1], broadcast4(xb.qs + 4 * c + 4));
       }
+      const __m512i s = _mm512_add_epi32(s0, s1);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xb.d)), acc[r]);
     }
   }
