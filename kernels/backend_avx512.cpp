@@ -279,7 +279,8 @@ void packed_gemv(const uint8_t* group, size_t group_bytes, size_t quant_offset, 
       for (size_t line = 0; line < kQb; line += 64)
         _mm_prefetch(reinterpret_cast<const char*>(stream + ahead_groups + quant_offset + ahead_block * kQb + line),
                      _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(stream + G * group_bytes + b * 2 * kPackRows), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(stream + G * group_bytes + b * kPackRows * sizeof(uint16_t)),
+                   _MM_HINT_T1);
     }
     if (++ahead_block == nb) ahead_block = 0, ahead_groups += G * group_bytes;
     __m512i s[G];

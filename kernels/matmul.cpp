@@ -41,12 +41,16 @@ T* calling_thread_scratch(size_t n) {
   return buffer.data();
 }
 
+// One thread's share of `units` split evenly over the team: at least one.
+int64_t thread_share(int64_t units) {
+  const int64_t threads = omp_get_max_threads();
+  return std::max<int64_t>(1, (units + threads - 1) / threads);
+}
+
 // Weight units (rows, or packed groups) per work chunk: about kChunkBytes, at least one, and no
 // more than a thread's share, so every thread gets work.
 int64_t units_per_chunk(size_t unit_bytes, int64_t units) {
-  const int64_t threads = omp_get_max_threads();
-  const int64_t share = std::max<int64_t>(1, (units + threads - 1) / threads);
-  return std::clamp<int64_t>((int64_t)(kChunkBytes / unit_bytes), 1, share);
+  return std::clamp<int64_t>((int64_t)(kChunkBytes / unit_bytes), 1, thread_share(units));
 }
 
 // Rows n0..n1 of a row-major W against all M rows of X (quantized or f32, x_stride bytes apart).
@@ -149,12 +153,9 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
   // thread's prefetch runs ahead through all of it; decode +11-18% over 128 KiB chunks on the
   // 2-vCPU VM), rounded to whole pairs of groups, which the GEMV kernels take two at a time.
   const int64_t total_groups = total_rows / kPackRows;
-  int64_t chunk_groups = units_per_chunk(products[0].w.group_bytes, total_groups);
-  if (M == 1) {
-    const int64_t threads = omp_get_max_threads();
-    chunk_groups = std::max<int64_t>(1, (total_groups + threads - 1) / threads);
-    chunk_groups += chunk_groups % 2;
-  }
+  const int64_t gemv_share = thread_share(total_groups);
+  const int64_t chunk_groups =
+      M == 1 ? gemv_share + gemv_share % 2 : units_per_chunk(products[0].w.group_bytes, total_groups);
   int64_t first_chunk[kMaxPackedProducts + 1] = {0};
   for (size_t j = 0; j < products.size(); ++j) {
     const PackedWeights& w = products[j].w;
