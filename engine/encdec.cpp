@@ -279,11 +279,15 @@ inline void add_bias_row(float* row, const float* bias, int64_t d) {
 
 }  // namespace
 
+int64_t EncDecState::scores_stride() const {
+  return kernels::attend_scratch_floats(1, scratch_keys_, model_->config().head_dim);
+}
+
 void EncDecState::ensure_thread_scratch(int64_t n_keys) {
   const int64_t threads = omp_get_max_threads();
-  if (n_keys <= scratch_keys_ && static_cast<int64_t>(scores_.size()) >= threads * scratch_keys_) return;
+  if (n_keys <= scratch_keys_ && static_cast<int64_t>(scores_.size()) >= threads * scores_stride()) return;
   scratch_keys_ = std::max(n_keys, scratch_keys_);
-  scores_.resize(threads * scratch_keys_);
+  scores_.resize(threads * scores_stride());
   key_rows_.resize(threads * scratch_keys_);
   value_rows_.resize(threads * scratch_keys_);
 }
@@ -420,7 +424,7 @@ void EncDecState::attend_rows(const float* q, const float* keys, const float* va
     key_rows[j] = keys + (first + j) * c.d_model;
     value_rows[j] = values + (first + j) * c.d_model;
   }
-  ops::attend(q, key_rows, value_rows, count, c.n_heads, c.head_dim, scores_.data() + thread * scratch_keys_, out);
+  ops::attend(q, key_rows, value_rows, count, c.n_heads, c.head_dim, scores_.data() + thread * scores_stride(), out);
 }
 
 void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t> tokens, float* logits) {
@@ -528,7 +532,7 @@ void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* 
     key_rows[p] = self_keys_.data() + offset;
     value_rows[p] = self_values_.data() + offset;
   }
-  ops::attend(q, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, scores_.data() + thread * scratch_keys_, out);
+  ops::attend(q, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, scores_.data() + thread * scores_stride(), out);
 }
 
 // The caches are position-major, so growing keeps every cached vector where it is; they double,

@@ -133,6 +133,7 @@ class EncDecState final : public DecoderStep {
   void attend_cache(int64_t layer, int64_t row, const float* q, float* out);
   void grow_self_attention_cache(int64_t positions);
   void ensure_thread_scratch(int64_t n_keys);
+  int64_t scores_stride() const;
 
   std::shared_ptr<const EncDecModel> model_;
   bool defer_logits_bias_ = false;
@@ -160,7 +161,7 @@ class EncDecState final : public DecoderStep {
   std::vector<float> x_, h_, o_, q_, k_, v_, attended_, ffn_;
   // Per OpenMP thread: attention scores and key/value row pointers.
   int64_t scratch_keys_ = 0;
-  std::vector<float> scores_;
+  std::vector<float> scores_;  // scores_stride() floats per thread
   std::vector<const float*> key_rows_, value_rows_;
 };
 

@@ -151,7 +151,7 @@ void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_po
 #pragma omp parallel if (work > (1 << 15))
   {
     thread_local std::vector<float> scores;
-    scores.resize(heads_per_item * n_keys_max);
+    scores.resize(kernels::attend_scratch_floats(heads_per_item, n_keys_max, head_dim));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < n * items_per_position; ++item) {
       const int64_t i = item / items_per_position, h0 = item % items_per_position * heads_per_item;

@@ -106,7 +106,8 @@ void activate(Activation activation, float* x, int64_t n);
 // in a packed batch (which is what a key padding mask selects), a beam's cache positions written
 // by its ancestors, a sentence's encoder output shared by its beams.
 //   out[h] = softmax_j(q[h] . keys[j][h] / sqrt(head_dim)) values[j][h]
-// q, out: [n_heads*head_dim]. scores: scratch, n_keys floats. Serial: callers run many at once.
+// q, out: [n_heads*head_dim]. scores: scratch, kernels::attend_scratch_floats(1, n_keys, head_dim)
+// floats. Serial: callers run many at once.
 void attend(const float* q, const float* const* keys, const float* const* values, int64_t n_keys, int64_t n_heads,
             int64_t head_dim, float* scores, float* out);
 

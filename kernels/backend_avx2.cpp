@@ -247,6 +247,7 @@ constexpr PackedTileFn kPackedTile =
 struct Vec8 {
   using T = __m256;
   static constexpr int kWidth = 8;
+  static constexpr int kRegisters = 16;
   static T zero() { return _mm256_setzero_ps(); }
   static T set1(float f) { return _mm256_set1_ps(f); }
   static T load(const float* p) { return _mm256_loadu_ps(p); }
@@ -270,6 +271,20 @@ struct Vec8 {
   }
   static float reduce_add(T v) { return hsum(v); }
   static float reduce_max(T v) { return hmax(v); }
+  // Three rounds, each adding every vector's lanes l and l + half (half = 4, 2, 1) and packing two
+  // vectors' sums into one; the last leaves vector 2s + r at lane 4r + s, put back in order.
+  static T sum_each(const T* v) {
+    T a[4], b[2];
+    for (int m = 0; m < 4; ++m)
+      a[m] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * m], v[2 * m + 1], 0x20),
+                           _mm256_permute2f128_ps(v[2 * m], v[2 * m + 1], 0x31));
+    for (int m = 0; m < 2; ++m)
+      b[m] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a[2 * m]), _mm256_castps_pd(a[2 * m + 1]))),
+                           _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a[2 * m]), _mm256_castps_pd(a[2 * m + 1]))));
+    const T c = _mm256_add_ps(_mm256_shuffle_ps(b[0], b[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm256_shuffle_ps(b[0], b[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  }
 };
 
 template <DType T>

@@ -217,6 +217,7 @@ constexpr PackedTileFn kPackedTile =
 struct Vec4 {
   using T = float32x4_t;
   static constexpr int kWidth = 4;
+  static constexpr int kRegisters = 32;
   static T zero() { return vdupq_n_f32(0.0f); }
   static T set1(float f) { return vdupq_n_f32(f); }
   static T load(const float* p) { return vld1q_f32(p); }
@@ -242,6 +243,8 @@ struct Vec4 {
   }
   static float reduce_add(T v) { return vaddvq_f32(v); }
   static float reduce_max(T v) { return vmaxvq_f32(v); }
+  // Pairwise: lanes 0+1 and 2+3 of every vector, then those two sums.
+  static T sum_each(const T* v) { return vpaddq_f32(vpaddq_f32(v[0], v[1]), vpaddq_f32(v[2], v[3])); }
 };
 
 template <DType T>

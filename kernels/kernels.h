@@ -38,8 +38,9 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
 // of F16's, read as its dequantized values; head_dim and offset must then be multiples of 32,
 // which the caller checks); q[i] = q + i * q_stride, out[i] = out + i * out_stride, in f32. Keys
 // are found through pointers, so they may lie anywhere: a cache, a packed batch, a beam's
-// ancestors. scratch holds n_q * n_keys floats. Runs on the calling thread only: callers run many
-// at once.
+// ancestors. scratch holds attend_scratch_floats(n_q, n_keys, head_dim) floats. Runs on the
+// calling thread only: callers run many at once. A query's result has the same bits whatever
+// other queries share the call, so callers may group queries as they like.
 // SIMD backends use a polynomial exp (within 2 ulp of expf; inputs below -87.3 give ~1e-38,
 // not 0), so they agree with the scalar reference to rounding, not bit for bit.
 struct AttendArgs {
@@ -58,6 +59,10 @@ struct AttendArgs {
   int64_t out_stride;
 };
 void attend(const AttendArgs& args);
+// The scores, one per query and key, and room for a block of keys widened to f32.
+constexpr int64_t attend_scratch_floats(int64_t n_q, int64_t n_keys, int64_t head_dim) {
+  return n_q * (n_keys + 1) + 16 * ((head_dim + 15) / 16 * 16);
+}
 
 // ---- Packed (interleaved) weights ----------------------------------------------------------
 //

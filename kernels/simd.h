@@ -7,7 +7,9 @@
 //   load(const int8_t* p, uint16_t scale) (kWidth int8 values times an fp16 scale: Q8_0 rows),
 //   add(a, b), sub(a, b), mul(a, b), div(a, b), fma(a, b, c) = a * b + c, max(a, b),
 //   if_negative(v, a, b) = (v < 0 ? a : b) per lane,
-//   round(v) (to nearest), scale2(v, n) = v * 2^n for integral n, reduce_add(v), reduce_max(v).
+//   round(v) (to nearest), scale2(v, n) = v * 2^n for integral n, reduce_add(v), reduce_max(v),
+//   sum_each(v) (kWidth vectors in, lane k = the sum of v[k]'s lanes, each vector's lanes added in
+//   the same order), and kRegisters (vector registers, for register blocking).
 // No std:: function templates here: their out-of-line copies would carry this file's ISA flags
 // into code that any other file may end up calling.
 // The work is the scalar reference's (backend_scalar.cpp); only the vector width, the polynomial
@@ -87,35 +89,91 @@ typename V::T load_kv(const BlockQ8_0* row, int64_t e) {
   return V::load(block.qs + e % kBlockSize, block.d);
 }
 
+// Scores of every query against keys j0 .. j0 + kWidth - 1 (fewer at the end), times the scale,
+// into each query's row of scratch. The keys are widened to f32 once, into `tile`: for each
+// vector c of head_dim, kWidth vectors, one per key (zero past head_dim and past the last key).
+// Then each query runs kWidth independent dot products, one chain each, and V::sum_each turns
+// them into one vector of kWidth scores. A score's arithmetic depends only on its query and key,
+// so a query gets the same bits in any company.
 template <class V, typename E>
-float dot(const float* a, const E* row, int64_t n) {
+void scores(const AttendArgs& a, int64_t j0, float* tile) {
   constexpr int W = V::kWidth;
-  typename V::T acc0 = V::zero(), acc1 = V::zero();
-  int64_t i = 0;
-  for (; i + 2 * W <= n; i += 2 * W) {
-    acc0 = V::fma(V::load(a + i), load_kv<V>(row, i), acc0);
-    acc1 = V::fma(V::load(a + i + W), load_kv<V>(row, i + W), acc1);
+  const int64_t head_dim = a.head_dim, full = head_dim / W * W, padded = (head_dim + W - 1) / W * W;
+  const int64_t n = a.n_keys - j0 < W ? a.n_keys - j0 : W;
+  for (int64_t k = 0; k < W; ++k) {
+    float* t = tile + k * W;
+    if (k >= n) {
+      for (int64_t e = 0; e < padded; e += W) V::store(t + e * W, V::zero());
+      continue;
+    }
+    const E* row = kv_row<E>(a.keys[j0 + k], a.offset);
+    for (int64_t e = 0; e < full; e += W) V::store(t + e * W, load_kv<V>(row, e));
+    if constexpr (!kBlockRow<E>)
+      if (full < head_dim) V::store(t + full * W, load_partial<V>(row + full, head_dim - full, 0.0f));
   }
-  if (i + W <= n) acc0 = V::fma(V::load(a + i), load_kv<V>(row, i), acc0), i += W;
-  if constexpr (!kBlockRow<E>)
-    if (i < n) acc1 = V::fma(load_partial<V>(a + i, n - i, 0.0f), load_partial<V>(row + i, n - i, 0.0f), acc1);
-  return V::reduce_add(V::add(acc0, acc1));
+  for (int64_t i = 0; i < a.n_q; ++i) {
+    const float* q = a.q + i * a.q_stride;
+    typename V::T dots[W];
+    for (int k = 0; k < W; ++k) dots[k] = V::zero();
+    for (int64_t e = 0; e < padded; e += W) {
+      const typename V::T qv = e < full ? V::load(q + e) : load_partial<V>(q + e, head_dim - e, 0.0f);
+      const float* t = tile + e * W;
+#pragma GCC unroll 16
+      for (int k = 0; k < W; ++k) dots[k] = V::fma(qv, V::load(t + k * W), dots[k]);
+    }
+    const typename V::T s = V::mul(V::sum_each(dots), V::set1(a.scale));
+    float* out = a.scratch + i * a.n_keys + j0;
+    if (n == W) V::store(out, s);
+    else store_partial<V>(out, s, n);
+  }
 }
 
-// out[0 .. NV*kWidth) = inv_sum * sum_j weights[j] * values[j][offset + first ..): the
-// accumulators stay in registers across all keys.
-template <class V, typename E, int NV>
-void weighted_sum(const float* weights, const void* const* values, int64_t offset, int64_t first, int64_t n_keys,
-                  float inv_sum, float* out) {
+// For Q queries at once, out_i[0 .. NV*kWidth) = inv_sum_i * sum_j weights_i[j] *
+// values[j][offset + first ..): each value vector is loaded (widened) once for all Q queries, and
+// the accumulators stay in registers across all keys. Query i's weights are at
+// weights + i * weight_stride; its sums are the same bits as it would get alone.
+template <class V, typename E, int NV, int Q>
+void weighted_sums(const float* weights, int64_t weight_stride, const void* const* values, int64_t offset,
+                   int64_t first, int64_t n_keys, const float* inv_sums, float* out, int64_t out_stride) {
   constexpr int W = V::kWidth;
-  typename V::T acc[NV];
-  for (int u = 0; u < NV; ++u) acc[u] = V::zero();
+  typename V::T acc[Q][NV];
+  for (int i = 0; i < Q; ++i)
+    for (int u = 0; u < NV; ++u) acc[i][u] = V::zero();
   for (int64_t j = 0; j < n_keys; ++j) {
-    const typename V::T p = V::set1(weights[j]);
-    const E* v = kv_row<E>(values[j], offset);
-    for (int u = 0; u < NV; ++u) acc[u] = V::fma(p, load_kv<V>(v, first + u * W), acc[u]);
+    const E* row = kv_row<E>(values[j], offset);
+    typename V::T v[NV];
+    for (int u = 0; u < NV; ++u) v[u] = load_kv<V>(row, first + u * W);
+    for (int i = 0; i < Q; ++i) {
+      const typename V::T p = V::set1(weights[i * weight_stride + j]);
+      for (int u = 0; u < NV; ++u) acc[i][u] = V::fma(p, v[u], acc[i][u]);
+    }
   }
-  for (int u = 0; u < NV; ++u) V::store(out + u * W, V::mul(acc[u], V::set1(inv_sum)));
+  for (int i = 0; i < Q; ++i)
+    for (int u = 0; u < NV; ++u) V::store(out + i * out_stride + u * W, V::mul(acc[i][u], V::set1(inv_sums[i])));
+}
+
+// Queries sharing one value load: as many as leave registers for the NV values and a weight.
+template <class V, int NV>
+constexpr int kQueriesPerPass = (V::kRegisters - NV - 2) / NV < 8 ? (V::kRegisters - NV - 2) / NV : 8;
+
+// weighted_sums for n_q queries in passes of kQueriesPerPass, the last pass as wide as is left.
+template <class V, typename E, int NV, int Q = kQueriesPerPass<V, NV>>
+void weighted_sums_all(int64_t n_q, const float* weights, int64_t weight_stride, const void* const* values,
+                       int64_t offset, int64_t first, int64_t n_keys, const float* inv_sums, float* out,
+                       int64_t out_stride) {
+  if constexpr (Q > 1) {
+    if (n_q < Q) {
+      weighted_sums_all<V, E, NV, Q - 1>(n_q, weights, weight_stride, values, offset, first, n_keys, inv_sums, out,
+                                         out_stride);
+      return;
+    }
+  }
+  for (int64_t i = 0; i + Q <= n_q; i += Q)
+    weighted_sums<V, E, NV, Q>(weights + i * weight_stride, weight_stride, values, offset, first, n_keys,
+                               inv_sums + i, out + i * out_stride, out_stride);
+  if (n_q % Q)
+    weighted_sums_all<V, E, NV>(n_q % Q, weights + n_q / Q * Q * weight_stride, weight_stride, values, offset, first,
+                                n_keys, inv_sums + n_q / Q * Q, out + n_q / Q * Q * out_stride, out_stride);
 }
 
 // The same for fewer than kWidth floats at the end of a head (float and f16 rows only).
@@ -132,11 +190,10 @@ template <class V, typename E>
 void attend_as(const AttendArgs& a) {
   constexpr int W = V::kWidth;
   const int64_t n_keys = a.n_keys, head_dim = a.head_dim;
-  // Scores: each key is loaded once for all queries of the group.
-  for (int64_t j = 0; j < n_keys; ++j) {
-    const E* key = kv_row<E>(a.keys[j], a.offset);
-    for (int64_t i = 0; i < a.n_q; ++i) a.scratch[i * n_keys + j] = dot<V>(a.q + i * a.q_stride, key, head_dim) * a.scale;
-  }
+  float* inv_sums = a.scratch + a.n_q * n_keys;
+  float* tile = inv_sums + a.n_q;
+  for (int64_t j0 = 0; j0 < n_keys; j0 += W) scores<V, E>(a, j0, tile);
+  // Softmax numerators in place, row by row; the division by their sum is folded into the output.
   for (int64_t i = 0; i < a.n_q; ++i) {
     float* s = a.scratch + i * n_keys;
     const int64_t full = n_keys / W * W;
@@ -144,7 +201,6 @@ void attend_as(const AttendArgs& a) {
     for (int64_t j = 0; j < full; j += W) vmax = V::max(vmax, V::load(s + j));
     float max = V::reduce_max(vmax);
     for (int64_t j = full; j < n_keys; ++j) max = s[j] > max ? s[j] : max;
-    // Softmax numerators in place; the division by their sum is folded into the output.
     const typename V::T vm = V::set1(max);
     typename V::T vsum = V::zero();
     for (int64_t j = 0; j < full; j += W) {
@@ -160,24 +216,29 @@ void attend_as(const AttendArgs& a) {
     }
     float sum = V::reduce_add(vsum);
     for (int64_t j = full; j < n_keys; ++j) sum += s[j];
-    const float inv_sum = 1.0f / sum;
-    float* out = a.out + i * a.out_stride;
-    int64_t d = 0;
-    for (; d + 4 * W <= head_dim; d += 4 * W) weighted_sum<V, E, 4>(s, a.values, a.offset, d, n_keys, inv_sum, out + d);
-    switch ((head_dim - d) / W) {
-      case 3: weighted_sum<V, E, 3>(s, a.values, a.offset, d, n_keys, inv_sum, out + d); break;
-      case 2: weighted_sum<V, E, 2>(s, a.values, a.offset, d, n_keys, inv_sum, out + d); break;
-      case 1: weighted_sum<V, E, 1>(s, a.values, a.offset, d, n_keys, inv_sum, out + d); break;
-      default: break;
-    }
-    d += (head_dim - d) / W * W;
-    if constexpr (!kBlockRow<E>)
-      if (d < head_dim) weighted_sum_tail<V, E>(s, a.values, a.offset + d, n_keys, inv_sum, head_dim - d, out + d);
+    inv_sums[i] = 1.0f / sum;
   }
+  const float* weights = a.scratch;
+  int64_t d = 0;
+  for (; d + 4 * W <= head_dim; d += 4 * W)
+    weighted_sums_all<V, E, 4>(a.n_q, weights, n_keys, a.values, a.offset, d, n_keys, inv_sums, a.out + d, a.out_stride);
+  switch ((head_dim - d) / W) {
+    case 3: weighted_sums_all<V, E, 3>(a.n_q, weights, n_keys, a.values, a.offset, d, n_keys, inv_sums, a.out + d, a.out_stride); break;
+    case 2: weighted_sums_all<V, E, 2>(a.n_q, weights, n_keys, a.values, a.offset, d, n_keys, inv_sums, a.out + d, a.out_stride); break;
+    case 1: weighted_sums_all<V, E, 1>(a.n_q, weights, n_keys, a.values, a.offset, d, n_keys, inv_sums, a.out + d, a.out_stride); break;
+    default: break;
+  }
+  d += (head_dim - d) / W * W;
+  if constexpr (!kBlockRow<E>)
+    if (d < head_dim)
+      for (int64_t i = 0; i < a.n_q; ++i)
+        weighted_sum_tail<V, E>(a.scratch + i * n_keys, a.values, a.offset + d, n_keys, inv_sums[i], head_dim - d,
+                                a.out + i * a.out_stride + d);
 }
 
 template <class V>
 void attend(const AttendArgs& a) {
+  static_assert(V::kWidth <= 16, "attend_scratch_floats has room for a tile of 16 keys");
   switch (a.kv_type) {
     case DType::F16: attend_as<V, uint16_t>(a); break;
     case DType::Q8_0: attend_as<V, BlockQ8_0>(a); break;

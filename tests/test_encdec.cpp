@@ -16,6 +16,7 @@
 
 #include "convert/convert.h"
 #include "engine/encdec.h"
+#include "kernels/kernels.h"
 #include "engine/error.h"
 #include "engine/ops.h"
 #include "engine/qbin.h"
@@ -96,7 +97,7 @@ TEST_CASE("attend over scattered key rows matches a naive softmax attention") {
   const int rows[n_keys] = {7, 2, 19, 0, 11, 11, 5, 13, 3};
   std::vector<const float*> keys, values;
   for (int r : rows) keys.push_back(memory_keys.data() + r * d), values.push_back(memory_values.data() + r * d);
-  std::vector<float> scores(n_keys), out(d);
+  std::vector<float> scores(kernels::attend_scratch_floats(1, n_keys, head_dim)), out(d);
   ops::attend(q.data(), keys.data(), values.data(), n_keys, n_heads, head_dim, scores.data(), out.data());
   std::vector<double> expected(d);
   for (int64_t h = 0; h < n_heads; ++h) {
