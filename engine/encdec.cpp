@@ -37,6 +37,9 @@ constexpr int64_t kParallelWork = 1 << 15;
 // Elementwise work over rows (bias, activation, residual, norm) pays for a region from fewer
 // elements: the other threads would otherwise wait through it.
 constexpr int64_t kParallelElements = 1 << 13;
+// Queries of one attention call, which share every key and value load: a sentence's tokens in
+// the encoder, a sentence's beams in cross-attention.
+constexpr int64_t kQueriesPerCall = 8;
 
 [[noreturn]] void bad_file(const std::string& message) { fail(ErrorCode::Format, "encdec: " + message); }
 
@@ -280,7 +283,7 @@ inline void add_bias_row(float* row, const float* bias, int64_t d) {
 }  // namespace
 
 int64_t EncDecState::scores_stride() const {
-  return kernels::attend_scratch_floats(1, scratch_keys_, model_->config().head_dim);
+  return kernels::attend_scratch_floats(kQueriesPerCall, scratch_keys_, model_->config().head_dim);
 }
 
 void EncDecState::ensure_thread_scratch(int64_t n_keys) {
@@ -328,6 +331,7 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   source_length_.clear();
   std::vector<int32_t> positions;  // each token's position in its sentence
   std::vector<int32_t> sentence_of_token;
+  std::vector<std::pair<int64_t, int64_t>> query_blocks;  // first token, tokens: one sentence's
   positions.reserve(n);
   sentence_of_token.reserve(n);
   int64_t total = 0, longest = 0;
@@ -340,6 +344,8 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
       positions.push_back(p);
       sentence_of_token.push_back(static_cast<int32_t>(source_start_.size()));
     }
+    for (int64_t first = 0; first < length; first += kQueriesPerCall)
+      query_blocks.emplace_back(total + first, std::min(kQueriesPerCall, length - first));
     source_start_.push_back(static_cast<int32_t>(total));
     source_length_.push_back(length);
     total += length;
@@ -369,12 +375,15 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
                      if (a.q_bias) ops::add_bias(q_.data(), a.q_bias, n, d);
                      if (a.k_bias) ops::add_bias(k_.data(), a.k_bias, n, d);
                      if (a.v_bias) ops::add_bias(v_.data(), a.v_bias, n, d);
-                     // Each token sees its own sentence's tokens only: the key padding mask.
-#pragma omp parallel for schedule(dynamic, 8) if (n * longest * d > kParallelWork)
-                     for (int64_t i = 0; i < n; ++i) {
-                       const int64_t s = sentence_of_token[i];
-                       attend_rows(q_.data() + i * d, k_.data(), v_.data(), source_start_[s], source_length_[s],
-                                   attended_.data() + i * d);
+                     // Each token sees its own sentence's tokens only: the key padding mask. A
+                     // work item is up to kQueriesPerCall tokens of one sentence, which share
+                     // each key and value load.
+#pragma omp parallel for schedule(dynamic, 1) if (n * longest * d > kParallelWork)
+                     for (size_t item = 0; item < query_blocks.size(); ++item) {
+                       const auto [first, count] = query_blocks[item];
+                       const int64_t s = sentence_of_token[first];
+                       attend_rows(q_.data() + first * d, count, k_.data(), v_.data(), source_start_[s],
+                                   source_length_[s], attended_.data() + first * d);
                      }
                      ops::matmul(a.out, attended_.data(), n, out, a.out.rows);
                    });
@@ -412,10 +421,10 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   step_positions_.resize(max_rows);
 }
 
-// Attention of one query over `count` consecutive rows of keys/values starting at row `first`
-// (rows of d_model floats), on this thread's scratch.
-void EncDecState::attend_rows(const float* q, const float* keys, const float* values, int64_t first, int64_t count,
-                              float* out) {
+// Attention of n_q (at most kQueriesPerCall) consecutive query rows over `count` consecutive rows
+// of keys/values starting at row `first` (rows of d_model floats), on this thread's scratch.
+void EncDecState::attend_rows(const float* q, int64_t n_q, const float* keys, const float* values, int64_t first,
+                              int64_t count, float* out) {
   const EncDecConfig& c = model_->config();
   const int64_t thread = omp_get_thread_num();
   const float** key_rows = key_rows_.data() + thread * scratch_keys_;
@@ -424,7 +433,8 @@ void EncDecState::attend_rows(const float* q, const float* keys, const float* va
     key_rows[j] = keys + (first + j) * c.d_model;
     value_rows[j] = values + (first + j) * c.d_model;
   }
-  ops::attend(q, key_rows, value_rows, count, c.n_heads, c.head_dim, scores_.data() + thread * scores_stride(), out);
+  ops::attend(q, n_q, key_rows, value_rows, count, c.n_heads, c.head_dim, scores_.data() + thread * scores_stride(),
+              out);
 }
 
 void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t> tokens, float* logits) {
@@ -468,6 +478,13 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
   rows_ = n;
   if (t >= cache_positions_) grow_self_attention_cache(t + 1);
 
+  // Cross-attention calls: runs of consecutive rows of one sentence (its beams).
+  row_blocks_.clear();
+  for (int64_t r = 0; r < n; ++r) {
+    if (r > 0 && sentence_[r] == sentence_[r - 1] && row_blocks_.back().second < kQueriesPerCall) ++row_blocks_.back().second;
+    else row_blocks_.emplace_back(r, 1);
+  }
+
   float* x = x_.data();
   std::fill_n(step_positions_.begin(), n, static_cast<int32_t>(t));
   embed(m.decoder_embedding, m.decoder_positions, m.decoder_embedding_norm, tokens.data(), step_positions_.data(), n,
@@ -499,12 +516,13 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
                      ops::matmul(cross.q, in, n, q_.data(), d);
                      const float* keys = cross_keys_.data() + l * source_tokens * d;
                      const float* values = cross_values_.data() + l * source_tokens * d;
-#pragma omp parallel for if (n > 1 && n * longest_source_ * d > kParallelElements)
-                     for (int64_t r = 0; r < n; ++r) {
-                       add_bias_row(q_.data() + r * d, cross.q_bias, d);
-                       const int32_t s = sentence_[r];
-                       attend_rows(q_.data() + r * d, keys, values, source_start_[s], source_length_[s],
-                                   attended_.data() + r * d);
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && n * longest_source_ * d > kParallelElements)
+                     for (size_t block = 0; block < row_blocks_.size(); ++block) {
+                       const auto [first, count] = row_blocks_[block];
+                       for (int64_t r = first; r < first + count; ++r) add_bias_row(q_.data() + r * d, cross.q_bias, d);
+                       const int32_t s = sentence_[first];
+                       attend_rows(q_.data() + first * d, count, keys, values, source_start_[s], source_length_[s],
+                                   attended_.data() + first * d);
                      }
                      ops::matmul(cross.out, attended_.data(), n, out, d);
                    });
@@ -532,7 +550,8 @@ void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* 
     key_rows[p] = self_keys_.data() + offset;
     value_rows[p] = self_values_.data() + offset;
   }
-  ops::attend(q, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, scores_.data() + thread * scores_stride(), out);
+  ops::attend(q, 1, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, scores_.data() + thread * scores_stride(),
+              out);
 }
 
 // The caches are position-major, so growing keeps every cached vector where it is; they double,

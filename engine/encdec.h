@@ -12,6 +12,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/decoding/search.h"
@@ -129,7 +130,8 @@ class EncDecState final : public DecoderStep {
   void embed(const ops::Matrix& table, const ops::Matrix& positions, const EncDecModel::Norm& norm,
              const int32_t* ids, const int32_t* positions_of, int64_t n, float* x);
   void feed_forward(const EncDecModel::FeedForward& w, const float* in, int64_t n, float* out);
-  void attend_rows(const float* q, const float* keys, const float* values, int64_t first, int64_t count, float* out);
+  void attend_rows(const float* q, int64_t n_q, const float* keys, const float* values, int64_t first, int64_t count,
+                   float* out);
   void attend_cache(int64_t layer, int64_t row, const float* q, float* out);
   void grow_self_attention_cache(int64_t positions);
   void ensure_thread_scratch(int64_t n_keys);
@@ -155,6 +157,7 @@ class EncDecState final : public DecoderStep {
   std::vector<int32_t> origin_, next_origin_;   // [max_rows][cache_positions]
   std::vector<int32_t> sentence_, next_sentence_;  // the sentence of each row
   std::vector<int32_t> step_positions_;            // the position of every row: the step
+  std::vector<std::pair<int64_t, int64_t>> row_blocks_;  // first row, rows: one sentence's, this step
 
   // Activations, [rows][feature]: sized for the larger of a step's rows and the source tokens.
   // x: the residual stream; h: its normalized copy; o: a sublayer's output.

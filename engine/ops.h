@@ -101,14 +101,15 @@ enum class Activation { Relu, Gelu, GeluTanh, Swish };
 // x = activation(x), elementwise.
 void activate(Activation activation, float* x, int64_t n);
 
-// Bidirectional attention of one query over n_keys key/value rows, each n_heads*head_dim floats
-// (heads side by side) found through pointers, so the keys may lie anywhere: a sentence's tokens
-// in a packed batch (which is what a key padding mask selects), a beam's cache positions written
-// by its ancestors, a sentence's encoder output shared by its beams.
-//   out[h] = softmax_j(q[h] . keys[j][h] / sqrt(head_dim)) values[j][h]
-// q, out: [n_heads*head_dim]. scores: scratch, kernels::attend_scratch_floats(1, n_keys, head_dim)
-// floats. Serial: callers run many at once.
-void attend(const float* q, const float* const* keys, const float* const* values, int64_t n_keys, int64_t n_heads,
-            int64_t head_dim, float* scores, float* out);
+// Bidirectional attention of n_q queries that share n_keys key/value rows, each n_heads*head_dim
+// floats (heads side by side) found through pointers, so the keys may lie anywhere: a sentence's
+// tokens in a packed batch (which is what a key padding mask selects), a beam's cache positions
+// written by its ancestors, a sentence's encoder output shared by its beams.
+//   out[i][h] = softmax_j(q[i][h] . keys[j][h] / sqrt(head_dim)) values[j][h]
+// q, out: [n_q][n_heads*head_dim]. scratch: kernels::attend_scratch_floats(n_q, n_keys, head_dim)
+// floats. A query's result has the same bits whatever queries share the call. Serial: callers run
+// many at once.
+void attend(const float* q, int64_t n_q, const float* const* keys, const float* const* values, int64_t n_keys,
+            int64_t n_heads, int64_t head_dim, float* scratch, float* out);
 
 }  // namespace octet::ops

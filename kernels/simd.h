@@ -89,43 +89,65 @@ typename V::T load_kv(const BlockQ8_0* row, int64_t e) {
   return V::load(block.qs + e % kBlockSize, block.d);
 }
 
-// Scores of every query against keys j0 .. j0 + kWidth - 1 (fewer at the end), times the scale,
-// into each query's row of scratch. The keys are widened to f32 once, into `tile`: for each
-// vector c of head_dim, kWidth vectors, one per key (zero past head_dim and past the last key).
-// Then each query runs kWidth independent dot products, one chain each, and V::sum_each turns
-// them into one vector of kWidth scores. A score's arithmetic depends only on its query and key,
-// so a query gets the same bits in any company.
+// kWidth dot products of one query with kWidth keys, one chain each, reduced by V::sum_each to
+// one vector: lane k = q . key k. key(k, e) gives key k's floats e .. e + kWidth - 1, zero past
+// head_dim; e runs over whole vectors, past `full` only for a head with a partial last vector.
+template <class V, class KeyVector>
+typename V::T dot_keys(const float* q, int64_t head_dim, int64_t full, KeyVector key) {
+  constexpr int W = V::kWidth;
+  typename V::T dots[W];
+  for (int k = 0; k < W; ++k) dots[k] = V::zero();
+  for (int64_t e = 0; e < head_dim; e += W) {
+    const typename V::T qv = e < full ? V::load(q + e) : load_partial<V>(q + e, head_dim - e, 0.0f);
+#pragma GCC unroll 16
+    for (int k = 0; k < W; ++k) dots[k] = V::fma(qv, key(k, e), dots[k]);
+  }
+  return V::sum_each(dots);
+}
+
+// One query's score against one key: a single chain, then a horizontal sum. For the last keys of
+// a call, fewer than kWidth, where a block of dot_keys would be mostly padding.
+template <class V, typename E>
+float dot(const float* q, const E* row, int64_t head_dim, int64_t full) {
+  typename V::T acc = V::zero();
+  for (int64_t e = 0; e < full; e += V::kWidth) acc = V::fma(V::load(q + e), load_kv<V>(row, e), acc);
+  if constexpr (!kBlockRow<E>)
+    if (full < head_dim)
+      acc = V::fma(load_partial<V>(q + full, head_dim - full, 0.0f), load_partial<V>(row + full, head_dim - full, 0.0f), acc);
+  return V::reduce_add(acc);
+}
+
+// Scores of every query against keys j0 .. j0 + kWidth - 1, times the scale, into each query's
+// row of scratch. With several queries the keys are widened to f32 once, into `tile`: for each
+// vector e of head_dim, kWidth vectors, one per key (zero past head_dim). A single query reads
+// them where they are. A score's arithmetic depends only on its query, its key and where the key
+// lies among the call's keys, so a query gets the same bits in any company.
 template <class V, typename E>
 void scores(const AttendArgs& a, int64_t j0, float* tile) {
   constexpr int W = V::kWidth;
-  const int64_t head_dim = a.head_dim, full = head_dim / W * W, padded = (head_dim + W - 1) / W * W;
-  const int64_t n = a.n_keys - j0 < W ? a.n_keys - j0 : W;
+  const int64_t head_dim = a.head_dim, full = head_dim / W * W;
+  const typename V::T scale = V::set1(a.scale);
+  if (a.n_q == 1) {
+    const E* rows[W];
+    for (int k = 0; k < W; ++k) rows[k] = kv_row<E>(a.keys[j0 + k], a.offset);
+    const auto key = [&](int k, int64_t e) {
+      if constexpr (!kBlockRow<E>)
+        if (e >= full) return load_partial<V>(rows[k] + e, head_dim - e, 0.0f);
+      return load_kv<V>(rows[k], e);
+    };
+    V::store(a.scratch + j0, V::mul(dot_keys<V>(a.q, head_dim, full, key), scale));
+    return;
+  }
   for (int64_t k = 0; k < W; ++k) {
     float* t = tile + k * W;
-    if (k >= n) {
-      for (int64_t e = 0; e < padded; e += W) V::store(t + e * W, V::zero());
-      continue;
-    }
     const E* row = kv_row<E>(a.keys[j0 + k], a.offset);
     for (int64_t e = 0; e < full; e += W) V::store(t + e * W, load_kv<V>(row, e));
     if constexpr (!kBlockRow<E>)
       if (full < head_dim) V::store(t + full * W, load_partial<V>(row + full, head_dim - full, 0.0f));
   }
-  for (int64_t i = 0; i < a.n_q; ++i) {
-    const float* q = a.q + i * a.q_stride;
-    typename V::T dots[W];
-    for (int k = 0; k < W; ++k) dots[k] = V::zero();
-    for (int64_t e = 0; e < padded; e += W) {
-      const typename V::T qv = e < full ? V::load(q + e) : load_partial<V>(q + e, head_dim - e, 0.0f);
-      const float* t = tile + e * W;
-#pragma GCC unroll 16
-      for (int k = 0; k < W; ++k) dots[k] = V::fma(qv, V::load(t + k * W), dots[k]);
-    }
-    const typename V::T s = V::mul(V::sum_each(dots), V::set1(a.scale));
-    float* out = a.scratch + i * a.n_keys + j0;
-    if (n == W) V::store(out, s);
-    else store_partial<V>(out, s, n);
-  }
+  const auto key = [tile](int k, int64_t e) { return V::load(tile + (e + k) * W); };
+  for (int64_t i = 0; i < a.n_q; ++i)
+    V::store(a.scratch + i * a.n_keys + j0, V::mul(dot_keys<V>(a.q + i * a.q_stride, head_dim, full, key), scale));
 }
 
 // For Q queries at once, out_i[0 .. NV*kWidth) = inv_sum_i * sum_j weights_i[j] *
@@ -192,7 +214,13 @@ void attend_as(const AttendArgs& a) {
   const int64_t n_keys = a.n_keys, head_dim = a.head_dim;
   float* inv_sums = a.scratch + a.n_q * n_keys;
   float* tile = inv_sums + a.n_q;
-  for (int64_t j0 = 0; j0 < n_keys; j0 += W) scores<V, E>(a, j0, tile);
+  const int64_t blocks_end = n_keys / W * W;
+  for (int64_t j0 = 0; j0 < blocks_end; j0 += W) scores<V, E>(a, j0, tile);
+  for (int64_t j = blocks_end; j < n_keys; ++j) {
+    const E* key = kv_row<E>(a.keys[j], a.offset);
+    for (int64_t i = 0; i < a.n_q; ++i)
+      a.scratch[i * n_keys + j] = dot<V>(a.q + i * a.q_stride, key, head_dim, head_dim / W * W) * a.scale;
+  }
   // Softmax numerators in place, row by row; the division by their sum is folded into the output.
   for (int64_t i = 0; i < a.n_q; ++i) {
     float* s = a.scratch + i * n_keys;

@@ -98,7 +98,7 @@ TEST_CASE("attend over scattered key rows matches a naive softmax attention") {
   std::vector<const float*> keys, values;
   for (int r : rows) keys.push_back(memory_keys.data() + r * d), values.push_back(memory_values.data() + r * d);
   std::vector<float> scores(kernels::attend_scratch_floats(1, n_keys, head_dim)), out(d);
-  ops::attend(q.data(), keys.data(), values.data(), n_keys, n_heads, head_dim, scores.data(), out.data());
+  ops::attend(q.data(), 1, keys.data(), values.data(), n_keys, n_heads, head_dim, scores.data(), out.data());
   std::vector<double> expected(d);
   for (int64_t h = 0; h < n_heads; ++h) {
     std::vector<double> s(n_keys);
