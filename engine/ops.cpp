@@ -140,36 +140,75 @@ void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_po
       value_rows[h * n_keys_max + j] = static_cast<const char*>(cache.values) + offset;
     }
   }
-  // A work item is a position and a GQA group, whose query heads share each key load; or a
-  // single head when groups are too few to keep every thread busy (a decode step).
+  // A work item is a GQA group at up to kQueriesPerItem / group consecutive positions, whose
+  // query heads share each key load (one call, each query limited to its causal prefix); or a
+  // single head at one position when items are too few to keep every thread busy (a decode step).
+  // Positions whose sliding window has begun to drop keys are attended one by one.
+  constexpr int64_t kQueriesPerItem = 16;
   const int64_t threads = omp_get_max_threads();
-  const int64_t heads_per_item = n * shape.n_kv_heads >= 4 * threads ? group : 1;
-  const int64_t items_per_position = shape.n_heads / heads_per_item;
+  const bool grouped = n * shape.n_kv_heads >= 4 * threads;
+  const int64_t heads_per_item = grouped ? group : 1;
+  int64_t positions_per_item = grouped ? std::max<int64_t>(1, kQueriesPerItem / group) : 1;
+  while (positions_per_item > 1 && (n + positions_per_item - 1) / positions_per_item * shape.n_kv_heads < 4 * threads)
+    positions_per_item /= 2;
+  const int64_t blocks = (n + positions_per_item - 1) / positions_per_item;
+  const int64_t items_per_block = shape.n_heads / heads_per_item;
+  const int64_t max_queries = positions_per_item * heads_per_item;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   // Below some thousands of multiply-adds a parallel region costs more than it saves.
   const int64_t work = shape.n_heads * n * n_keys_max * head_dim;
 #pragma omp parallel if (work > (1 << 15))
   {
-    thread_local std::vector<float> scores;
-    scores.resize(kernels::attend_scratch_floats(heads_per_item, n_keys_max, head_dim));
+    // The item's queries gathered into consecutive rows, their outputs, and the kernel's scratch.
+    thread_local std::vector<float> queries, outputs, scratch;
+    thread_local std::vector<int64_t> key_counts;
+    queries.resize(max_queries * head_dim);
+    outputs.resize(max_queries * head_dim);
+    scratch.resize(kernels::attend_scratch_floats(max_queries, n_keys_max, head_dim));
+    key_counts.resize(max_queries);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < n * items_per_position; ++item) {
-      const int64_t i = item / items_per_position, h0 = item % items_per_position * heads_per_item;
-      const int64_t kv = h0 / group, pos = first_pos + i;
-      const int64_t first_key = shape.sliding_window > 0 ? std::max<int64_t>(0, pos - shape.sliding_window + 1) : 0;
-      kernels::attend({.q = q + i * q_dim + h0 * head_dim,
-                       .q_stride = head_dim,
-                       .n_q = heads_per_item,
-                       .kv_type = cache.type,
-                       .keys = key_rows + kv * n_keys_max + first_key,
-                       .values = value_rows + kv * n_keys_max + first_key,
-                       .offset = 0,
-                       .n_keys = pos + 1 - first_key,
-                       .head_dim = head_dim,
-                       .scale = scale,
-                       .scratch = scores.data(),
-                       .out = out + i * q_dim + h0 * head_dim,
-                       .out_stride = head_dim});
+    for (int64_t item = 0; item < blocks * items_per_block; ++item) {
+      const int64_t i0 = item / items_per_block * positions_per_item, h0 = item % items_per_block * heads_per_item;
+      const int64_t kv = h0 / group, positions = std::min(positions_per_item, n - i0);
+      const auto first_key_at = [&](int64_t pos) {
+        return shape.sliding_window > 0 ? std::max<int64_t>(0, pos - shape.sliding_window + 1) : 0;
+      };
+      const auto attend = [&](const float* q_rows, float* out_rows, int64_t n_q, int64_t first_key, int64_t n_keys,
+                              const int64_t* counts) {
+        kernels::attend({.q = q_rows,
+                         .q_stride = head_dim,
+                         .n_q = n_q,
+                         .kv_type = cache.type,
+                         .keys = key_rows + kv * n_keys_max + first_key,
+                         .values = value_rows + kv * n_keys_max + first_key,
+                         .offset = 0,
+                         .n_keys = n_keys,
+                         .key_counts = counts,
+                         .head_dim = head_dim,
+                         .scale = scale,
+                         .scratch = scratch.data(),
+                         .out = out_rows,
+                         .out_stride = head_dim});
+      };
+      const int64_t last_pos = first_pos + i0 + positions - 1;
+      if (positions == 1 || first_key_at(last_pos) > 0) {
+        for (int64_t i = i0; i < i0 + positions; ++i) {
+          const int64_t first_key = first_key_at(first_pos + i);
+          attend(q + i * q_dim + h0 * head_dim, out + i * q_dim + h0 * head_dim, heads_per_item, first_key,
+                 first_pos + i + 1 - first_key, nullptr);
+        }
+        continue;
+      }
+      for (int64_t p = 0; p < positions; ++p) {
+        const float* from = q + (i0 + p) * q_dim + h0 * head_dim;
+        std::copy(from, from + heads_per_item * head_dim, queries.data() + p * heads_per_item * head_dim);
+        std::fill_n(key_counts.data() + p * heads_per_item, heads_per_item, first_pos + i0 + p + 1);
+      }
+      attend(queries.data(), outputs.data(), positions * heads_per_item, 0, last_pos + 1, key_counts.data());
+      for (int64_t p = 0; p < positions; ++p) {
+        const float* from = outputs.data() + p * heads_per_item * head_dim;
+        std::copy(from, from + heads_per_item * head_dim, out + (i0 + p) * q_dim + h0 * head_dim);
+      }
     }
   }
 }

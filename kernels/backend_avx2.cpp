@@ -269,7 +269,7 @@ struct Vec8 {
     const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(v, _mm256_castsi256_ps(exponent));
   }
-  static float reduce_add(T v) { return hsum(v); }
+  static float reduce_add(T v) { return hsum(v); }  // lanes l and l + 4, 2, 1: sum_each's order
   static float reduce_max(T v) { return hmax(v); }
   // Three rounds, each adding every vector's lanes l and l + half (half = 4, 2, 1) and packing two
   // vectors' sums into one; the last leaves vector 2s + r at lane 4r + s, put back in order.

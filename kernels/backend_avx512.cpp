@@ -364,7 +364,13 @@ struct Vec16 {
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
   static T round(T v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static T scale2(T v, T n) { return _mm512_scalef_ps(v, n); }
-  static float reduce_add(T v) { return _mm512_reduce_add_ps(v); }
+  // Lanes l and l + half for half = 8, 4, 2, 1: sum_each's order.
+  static float reduce_add(T v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    const __m128 p = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)));
+  }
   static float reduce_max(T v) { return _mm512_reduce_max_ps(v); }
   // Four rounds, each adding every vector's lanes l and l + half (half = 8, 4, 2, 1) and packing
   // two vectors' sums into one; the last leaves vector 4s + r at lane 4r + s, put back in order.

@@ -241,7 +241,8 @@ struct Vec4 {
     const int32x4_t exponent = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
     return vmulq_f32(v, vreinterpretq_f32_s32(exponent));
   }
-  static float reduce_add(T v) { return vaddvq_f32(v); }
+  // Pairwise, as sum_each: (0 + 1) + (2 + 3).
+  static float reduce_add(T v) { return vpadds_f32(vpadd_f32(vget_low_f32(v), vget_high_f32(v))); }
   static float reduce_max(T v) { return vmaxvq_f32(v); }
   // Pairwise: lanes 0+1 and 2+3 of every vector, then those two sums.
   static T sum_each(const T* v) { return vpaddq_f32(vpaddq_f32(v[0], v[1]), vpaddq_f32(v[2], v[3])); }

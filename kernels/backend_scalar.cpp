@@ -91,18 +91,19 @@ void reference_attend_as(const AttendArgs& a) {
   for (int64_t i = 0; i < a.n_q; ++i) {
     const float* q = a.q + i * a.q_stride;
     float* scores = a.scratch + i * a.n_keys;
+    const int64_t n_keys = a.key_counts ? a.key_counts[i] : a.n_keys;
     float max = -INFINITY;
-    for (int64_t j = 0; j < a.n_keys; ++j) {
+    for (int64_t j = 0; j < n_keys; ++j) {
       float dot = 0.0f;
       for (int64_t d = 0; d < a.head_dim; ++d) dot += q[d] * element(a.keys[j], d);
       scores[j] = dot * a.scale;
       max = std::fmax(max, scores[j]);
     }
     float sum = 0.0f;
-    for (int64_t j = 0; j < a.n_keys; ++j) sum += scores[j] = std::exp(scores[j] - max);
+    for (int64_t j = 0; j < n_keys; ++j) sum += scores[j] = std::exp(scores[j] - max);
     float* out = a.out + i * a.out_stride;
     std::fill(out, out + a.head_dim, 0.0f);
-    for (int64_t j = 0; j < a.n_keys; ++j) {
+    for (int64_t j = 0; j < n_keys; ++j) {
       const float weight = scores[j] / sum;
       for (int64_t d = 0; d < a.head_dim; ++d) out[d] += weight * element(a.values[j], d);
     }

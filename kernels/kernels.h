@@ -52,6 +52,10 @@ struct AttendArgs {
   const void* const* values;
   int64_t offset;  // in elements
   int64_t n_keys;
+  // Optional (nullptr: every query sees all n_keys): query i sees keys [0, key_counts[i]) only,
+  // 1 <= key_counts[i] <= n_keys, with the bits of a call of key_counts[i] keys. Causal
+  // attention of several positions in one call.
+  const int64_t* key_counts = nullptr;
   int64_t head_dim;
   float scale;
   float* scratch;

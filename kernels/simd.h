@@ -9,7 +9,8 @@
 //   if_negative(v, a, b) = (v < 0 ? a : b) per lane,
 //   round(v) (to nearest), scale2(v, n) = v * 2^n for integral n, reduce_add(v), reduce_max(v),
 //   sum_each(v) (kWidth vectors in, lane k = the sum of v[k]'s lanes, each vector's lanes added in
-//   the same order), and kRegisters (vector registers, for register blocking).
+//   the same order as reduce_add adds them), and kRegisters (vector registers, for register
+//   blocking).
 // No std:: function templates here: their out-of-line copies would carry this file's ISA flags
 // into code that any other file may end up calling.
 // The work is the scalar reference's (backend_scalar.cpp); only the vector width, the polynomial
@@ -106,7 +107,9 @@ typename V::T dot_keys(const float* q, int64_t head_dim, int64_t full, KeyVector
 }
 
 // One query's score against one key: a single chain, then a horizontal sum. For the last keys of
-// a call, fewer than kWidth, where a block of dot_keys would be mostly padding.
+// a call, fewer than kWidth, where a block of dot_keys would be mostly padding. reduce_add adds
+// in sum_each's order, so a key's score has the same bits either way: a query sees the same
+// scores whatever the call's key count.
 template <class V, typename E>
 float dot(const float* q, const E* row, int64_t head_dim, int64_t full) {
   typename V::T acc = V::zero();
@@ -221,14 +224,17 @@ void attend_as(const AttendArgs& a) {
     for (int64_t i = 0; i < a.n_q; ++i)
       a.scratch[i * n_keys + j] = dot<V>(a.q + i * a.q_stride, key, head_dim, head_dim / W * W) * a.scale;
   }
-  // Softmax numerators in place, row by row; the division by their sum is folded into the output.
+  // Softmax numerators in place, row by row, over the keys the query sees; the division by their
+  // sum is folded into the output. Keys it does not see get weight 0: adding 0 * v leaves a sum's
+  // bits as they are, so the value sums below may run over every key for every query.
   for (int64_t i = 0; i < a.n_q; ++i) {
     float* s = a.scratch + i * n_keys;
-    const int64_t full = n_keys / W * W;
+    const int64_t seen = a.key_counts ? a.key_counts[i] : n_keys;
+    const int64_t full = seen / W * W;
     typename V::T vmax = V::set1(-INFINITY);
     for (int64_t j = 0; j < full; j += W) vmax = V::max(vmax, V::load(s + j));
     float max = V::reduce_max(vmax);
-    for (int64_t j = full; j < n_keys; ++j) max = s[j] > max ? s[j] : max;
+    for (int64_t j = full; j < seen; ++j) max = s[j] > max ? s[j] : max;
     const typename V::T vm = V::set1(max);
     typename V::T vsum = V::zero();
     for (int64_t j = 0; j < full; j += W) {
@@ -236,14 +242,15 @@ void attend_as(const AttendArgs& a) {
       V::store(s + j, e);
       vsum = V::add(vsum, e);
     }
-    if (full < n_keys) {
-      const int64_t n = n_keys - full;
+    if (full < seen) {
+      const int64_t n = seen - full;
       const typename V::T e =
           exp_nonpositive<V>(V::sub(load_partial<V>(s + full, n, -INFINITY), vm));
       store_partial<V>(s + full, e, n);
     }
     float sum = V::reduce_add(vsum);
-    for (int64_t j = full; j < n_keys; ++j) sum += s[j];
+    for (int64_t j = full; j < seen; ++j) sum += s[j];
+    for (int64_t j = seen; j < n_keys; ++j) s[j] = 0.0f;
     inv_sums[i] = 1.0f / sum;
   }
   const float* weights = a.scratch;

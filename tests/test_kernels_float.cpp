@@ -72,10 +72,14 @@ struct Problem {
   }
 
   // out rows are head_dim + 2 apart; the gaps must stay untouched.
-  std::vector<float> run(int64_t first_query = 0, int64_t queries = -1) const {
+  // Queries first_query .. first_query + queries - 1 over the first `keys_seen` keys (default:
+  // all), each limited to its key_counts entry when given.
+  std::vector<float> run(int64_t first_query = 0, int64_t queries = -1, int64_t keys_seen = -1,
+                         const int64_t* key_counts = nullptr) const {
     if (queries < 0) queries = n_q;
+    if (keys_seen < 0) keys_seen = n_keys;
     const int64_t out_stride = head_dim + 2;
-    std::vector<float> scratch(attend_scratch_floats(queries, n_keys, head_dim), NAN), out(queries * out_stride, -7.0f);
+    std::vector<float> scratch(attend_scratch_floats(queries, keys_seen, head_dim), NAN), out(queries * out_stride, -7.0f);
     attend({.q = q.data() + first_query * head_dim,
             .q_stride = head_dim,
             .n_q = queries,
@@ -83,7 +87,8 @@ struct Problem {
             .keys = keys.data(),
             .values = values.data(),
             .offset = offset,
-            .n_keys = n_keys,
+            .n_keys = keys_seen,
+            .key_counts = key_counts,
             .head_dim = head_dim,
             .scale = scale,
             .scratch = scratch.data(),
@@ -170,6 +175,32 @@ TEST_CASE("attend: a query's result has the same bits alone as in a group") {
     }
     const std::vector<float> middle = p.run(2, 5);
     CHECK(std::memcmp(middle.data(), group.data() + 2 * stride, (5 * stride - 2) * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("attend: with key counts, each query has the bits of a call over its own keys") {
+  // Causal attention of several positions in one call; the counts straddle the blocks of keys
+  // that the SIMD kernels score together, so a key is scored in a block in one call and alone in
+  // the other.
+  BackendGuard guard;
+  std::mt19937 rng(14);
+  const int64_t counts[] = {1, 15, 16, 17, 31, 33, 44, 45};
+  for (const std::string& backend : backends())
+  for (DType kv_type : {DType::F32, DType::F16, DType::Q8_0})
+  for (int64_t head_dim : {40, 64}) {
+    if (kv_type == DType::Q8_0 && head_dim % kBlockSize) continue;
+    REQUIRE(force_backend(backend.c_str()));
+    CAPTURE(backend);
+    CAPTURE(dtype_name(kv_type));
+    CAPTURE(head_dim);
+    const Problem p(rng, 8, 45, head_dim, 1.0f, kv_type);
+    const std::vector<float> together = p.run(0, 8, 45, counts);
+    const int64_t stride = p.head_dim + 2;
+    for (int64_t i = 0; i < p.n_q; ++i) {
+      CAPTURE(counts[i]);
+      const std::vector<float> alone = p.run(i, 1, counts[i]);
+      CHECK(std::memcmp(alone.data(), together.data() + i * stride, p.head_dim * sizeof(float)) == 0);
+    }
   }
 }
 
