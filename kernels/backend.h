@@ -96,6 +96,9 @@ struct Backend {
   void (*attend)(const AttendArgs& args);  // see kernels.h
   double (*sum_exp)(const float* x, int64_t n, float max);
   void (*silu)(float* x, const float* bias, int64_t n);
+  // fp32_to_fp16 of n floats, the same bytes (a NaN as the reference writes it), or nullptr where
+  // quantize_row's F16 loop should run the reference. KV caches and converted tensors.
+  void (*to_f16)(const float* x, uint16_t* out, int64_t n);
   // Indexed by DType: a fast kernel for packed weights (kernels.h, PackedWeights), or nullptr
   // where the backend has none; matmul then uses packed.cpp's scalar reference, the same bits.
   PackedTileFn packed_tile[5];

@@ -264,6 +264,7 @@ const Backend& neon_backend() {
       simd::attend<Vec4>,
       simd::sum_exp<Vec4>,
       simd::silu<Vec4>,
+      nullptr,
       {nullptr, nullptr, kPackedTile<DType::Q8_0>, kPackedTile<DType::Q4_0>, nullptr},
   };
   return backend;

@@ -158,6 +158,7 @@ const Backend& scalar_backend() {
       reference_attend,
       reference_sum_exp,
       reference_silu,
+      nullptr,
       {},
   };
   return backend;

@@ -125,7 +125,8 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
   switch (t) {
     case DType::F32: std::memcpy(dst, src, (size_t)n * 4); break;
     case DType::F16:
-      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = fp32_to_fp16(src[i]);
+      if (const auto to_f16 = active_backend().to_f16) to_f16(src, static_cast<uint16_t*>(dst), n);
+      else for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(dst)[i] = fp32_to_fp16(src[i]);
       break;
     case DType::Q8_0: quantize_q8_0(src, static_cast<BlockQ8_0*>(dst), nb); break;
     case DType::Q4_0: quantize_q4_0(src, static_cast<BlockQ4_0*>(dst), nb); break;

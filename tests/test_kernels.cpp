@@ -191,6 +191,33 @@ TEST_CASE("fp16: f32 values round to the nearest half, ties to even") {
   }
 }
 
+TEST_CASE("every backend converts f32 to f16 with the reference's bytes") {
+  // Every sign, exponent and top 10 mantissa bits, each with the low 13 bits (the part rounded
+  // away) at and around the tie: rounding, overflow to infinity, subnormals, NaN payloads. Calls
+  // of 1..37 floats, so the vector loops' tails run too.
+  std::vector<float> x;
+  for (uint32_t high = 0; high < (1u << 19); ++high)
+    for (uint32_t low : {0u, 1u, 0xfffu, 0x1000u, 0x1001u, 0x1fffu}) {
+      const uint32_t bits = high << 13 | low;
+      float f;
+      std::memcpy(&f, &bits, sizeof f);
+      x.push_back(f);
+    }
+  std::vector<uint16_t> expected(x.size());
+  for (size_t i = 0; i < x.size(); ++i) expected[i] = fp32_to_fp16(x[i]);
+  BackendGuard guard;
+  for (const std::string& backend : backends()) {
+    REQUIRE(force_backend(backend.c_str()));
+    CAPTURE(backend);
+    std::vector<uint16_t> got(x.size());
+    for (size_t i = 0, n = 1; i < x.size(); i += n, n = n % 37 + 1)
+      quantize_row(DType::F16, x.data() + i, got.data() + i, std::min(n, x.size() - i));
+    size_t mismatches = 0;
+    for (size_t i = 0; i < x.size(); ++i) mismatches += got[i] != expected[i];
+    CHECK(mismatches == 0);
+  }
+}
+
 TEST_CASE("round trip F32 is exact, F16 is the fp16 rounding") {
   std::mt19937 rng(1);
   const std::vector<float> x = random_floats(rng, 1000, 3.0f);
