@@ -7,7 +7,9 @@ llama.cpp (this script as a worker process, low-level llama_cpp API) once each, 
 first. Each process loads the model, warms up once, then times prefill of 64 and 512 random token ids
 from an empty KV cache (one batch: n_batch = n_ubatch = 512 on llama.cpp) and 128 greedy decode steps
 (argmax, EOS ignored) from an empty cache, as llama-bench's pp/tg do. Medians over rounds, and
-Octet/llama.cpp ratios (> 1: Octet faster).
+Octet/llama.cpp ratios (> 1: Octet faster). Each round starts with octet-bench's read probe; "tg /
+probe" is each side's decode (weight bytes per token x tokens/s) over its round's probe, the median
+over rounds, so a VM whose bandwidth moves between minutes is compared with itself.
 
 Translation: Octet (octet-bench on the encdec .qbin) vs ctranslate2.Translator (int8), same 500 source
 sentences, batch 32, beam 4 and greedy, the same max length on both sides (random models rarely emit
@@ -184,16 +186,19 @@ def compare_llm(a, shape, quant):
         if not f.exists():
             sys.exit(f"{f} missing: run bench/make_bench_models.py")
     tmp = Path(a.tmp)
-    o_runs, l_runs, loads = [], [], []
+    o_runs, l_runs, loads, probes = [], [], [], []
     for r in range(a.rounds):
         loads.append(os.getloadavg()[0])
+        # The VM's bandwidth moves from minute to minute: each round's decode is set against a probe
+        # taken just before it, not against one taken at the start of the whole run.
+        probes.append(bandwidth(a)["read_gb_s"])
         order = [("octet", ours), ("llama", theirs)] if r % 2 == 0 else [("llama", theirs), ("octet", ours)]
         for side, path in order:
             res = run_octet_llm(path, a, tmp) if side == "octet" else run_llama_llm(path, a)
             (o_runs if side == "octet" else l_runs).append(res)
         log(f"{shape} {quant} round {r + 1}/{a.rounds}: octet tg {o_runs[-1]['decode']:.1f} pp512 "
             f"{o_runs[-1]['prefill'].get('512', 0):.1f} | llama.cpp tg {l_runs[-1]['decode']:.1f} pp512 "
-            f"{l_runs[-1]['prefill'].get('512', 0):.1f} (load {os.getloadavg()[0]:.1f})")
+            f"{l_runs[-1]['prefill'].get('512', 0):.1f} (load {os.getloadavg()[0]:.1f}, probe {probes[-1]:.1f} GB/s)")
 
     def summary(runs):
         s = {"load_ms": med([x["load_ms"] for x in runs]),
@@ -208,10 +213,15 @@ def compare_llm(a, shape, quant):
         return s
 
     o, l = summary(o_runs), summary(l_runs)
+    # Share of the round's probe that each side's decode streams: weight bytes per token (the same
+    # shapes and types on both sides) x tokens/s; medians over rounds.
+    weight_gb = o_runs[0]["weight_bytes_per_token"] / 1e9
+    for side, runs in ((o, o_runs), (l, l_runs)):
+        side["decode_share_of_probe"] = med([x["decode"] * weight_gb / bw for x, bw in zip(runs, probes)])
     ratios = {f"pp{p}": o["prefill"][str(p)] / l["prefill"][str(p)] for p in a.prompts}
     ratios[f"tg{a.gen}"] = o["decode"] / l["decode"]
     return {"shape": shape, "quant": quant, "octet": o, "llama_cpp": l, "ratio_octet_over_llama": ratios,
-            "load_average_1m_during": loads, "llama_system_info": l_runs[0]["system_info"],
+            "load_average_1m_during": loads, "probe_read_gb_s": probes, "llama_system_info": l_runs[0]["system_info"],
             "llama_flash_attn_default": l_runs[0]["flash_attn"]}
 
 
@@ -301,6 +311,9 @@ def print_tables(report):
             else:
                 ov, lv = o["decode"], l["decode"]
             print(f"  {k:10} {ov:10.1f} {lv:10.1f} {q[k]:7.2f}")
+        print(f"  {'tg / probe':10} {o['decode_share_of_probe']:10.2f} {l['decode_share_of_probe']:10.2f}   "
+              f"(weight bytes x tokens/s over each round's read probe, {min(r['probe_read_gb_s']):.1f}-"
+              f"{max(r['probe_read_gb_s']):.1f} GB/s; medians)")
         print(f"  {'load ms':10} {o['load_ms']:10.1f} {l['load_ms']:10.1f}   (Octet verifies checksums; "
               f"without: {o.get('load_ms_no_verify', 0):.1f} ms)")
         print(f"  {'RSS MiB':10} {o['peak_rss_mib']:10.1f} {l['peak_rss_mib']:10.1f}   (llama.cpp side includes Python)")
