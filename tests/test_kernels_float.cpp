@@ -151,11 +151,15 @@ TEST_CASE("attend: every backend matches a double-precision softmax attention") 
   }
 }
 
-TEST_CASE("attend: a query's result has the same bits alone as in a group") {
-  // The engine groups query heads one way for a prompt and another for a decode step; a prompt
-  // run as one batch must equal it run token by token, bit for bit.
+TEST_CASE("attend: a query's result has the same bits alone, in any group, and limited by key counts") {
+  // The engine groups query heads one way for a prompt and another for a decode step, and a
+  // prompt's positions share a call with each limited to its causal prefix; a prompt run as one
+  // batch must equal it run token by token, bit for bit.
   BackendGuard guard;
   std::mt19937 rng(12);
+  // Key counts that straddle the blocks of keys the SIMD kernels score together: a key is scored
+  // in a block in one call and alone in another.
+  const int64_t counts[] = {1, 15, 16, 17, 31, 33, 44, 45};
   for (const std::string& backend : backends())
   for (DType kv_type : {DType::F32, DType::F16, DType::Q8_0})
   for (int64_t head_dim : {40, 64, 96}) {
@@ -167,40 +171,16 @@ TEST_CASE("attend: a query's result has the same bits alone as in a group") {
     // 8 queries: the value sums take them in passes of up to 6, so a query's pass and its place
     // in it change between the calls below.
     const Problem p(rng, 8, 45, head_dim, 1.0f, kv_type);
-    const std::vector<float> group = p.run();
-    const int64_t stride = p.head_dim + 2;
-    for (int64_t i = 0; i < p.n_q; ++i) {
-      const std::vector<float> alone = p.run(i, 1);
-      CHECK(std::memcmp(alone.data(), group.data() + i * stride, p.head_dim * sizeof(float)) == 0);
-    }
-    const std::vector<float> middle = p.run(2, 5);
-    CHECK(std::memcmp(middle.data(), group.data() + 2 * stride, (5 * stride - 2) * sizeof(float)) == 0);
-  }
-}
-
-TEST_CASE("attend: with key counts, each query has the bits of a call over its own keys") {
-  // Causal attention of several positions in one call; the counts straddle the blocks of keys
-  // that the SIMD kernels score together, so a key is scored in a block in one call and alone in
-  // the other.
-  BackendGuard guard;
-  std::mt19937 rng(14);
-  const int64_t counts[] = {1, 15, 16, 17, 31, 33, 44, 45};
-  for (const std::string& backend : backends())
-  for (DType kv_type : {DType::F32, DType::F16, DType::Q8_0})
-  for (int64_t head_dim : {40, 64}) {
-    if (kv_type == DType::Q8_0 && head_dim % kBlockSize) continue;
-    REQUIRE(force_backend(backend.c_str()));
-    CAPTURE(backend);
-    CAPTURE(dtype_name(kv_type));
-    CAPTURE(head_dim);
-    const Problem p(rng, 8, 45, head_dim, 1.0f, kv_type);
-    const std::vector<float> together = p.run(0, 8, 45, counts);
+    const std::vector<float> group = p.run(), limited = p.run(0, 8, 45, counts);
     const int64_t stride = p.head_dim + 2;
     for (int64_t i = 0; i < p.n_q; ++i) {
       CAPTURE(counts[i]);
-      const std::vector<float> alone = p.run(i, 1, counts[i]);
-      CHECK(std::memcmp(alone.data(), together.data() + i * stride, p.head_dim * sizeof(float)) == 0);
+      const std::vector<float> alone = p.run(i, 1), alone_limited = p.run(i, 1, counts[i]);
+      CHECK(std::memcmp(alone.data(), group.data() + i * stride, p.head_dim * sizeof(float)) == 0);
+      CHECK(std::memcmp(alone_limited.data(), limited.data() + i * stride, p.head_dim * sizeof(float)) == 0);
     }
+    const std::vector<float> middle = p.run(2, 5);
+    CHECK(std::memcmp(middle.data(), group.data() + 2 * stride, (5 * stride - 2) * sizeof(float)) == 0);
   }
 }
 
