@@ -4,11 +4,15 @@
 //     step (every layer's weights pass once), so the numbers are memory, not cache, bandwidth.
 //   GEMM (M = 64..512, prefill): GMAC/s, and the TinyLlama-1.1B prefill rate that implies (22
 //     layers of q, k, v, o, gate, up, down; 0.968 GMAC per token, lm head excluded).
+//   Attention (prefill of 512 positions over an f16 KV cache, ops::attention as a model layer runs
+//     it): ns per query head and key, SmolLM2-135M (9 heads, 3 KV heads) and TinyLlama-1.1B (32, 4)
+//     shapes, head size 64.
 // Each figure is the median of --reps timed runs (the machine may be shared: medians, not bests).
 // A backend with packed kernels (kernels.h, PackedWeights) is timed twice for the packable types:
 // row-major (its name) and packed, the layout the converter writes (name/p, matmul_packed).
 //
 //   kernels-bench [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--reps 5] [--quick]
+//                 [--attention-only]
 #include <omp.h>
 
 #include <algorithm>
@@ -20,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/ops.h"
 #include "kernels/kernels.h"
 
 using namespace octet;
@@ -121,6 +126,38 @@ struct Shape {
   int64_t n, k;
 };
 
+// A layer's causal attention over `positions` new tokens from an empty f16 cache.
+struct AttentionShape {
+  const char* what;
+  int64_t heads, kv_heads;
+};
+constexpr int64_t kAttentionHeadDim = 64, kAttentionPositions = 512;
+
+void bench_attention(const std::vector<std::string>& backends, const std::vector<int>& threads, int reps) {
+  const int64_t hd = kAttentionHeadDim, n = kAttentionPositions;
+  for (const AttentionShape& s : {AttentionShape{"SmolLM2-135M", 9, 3}, AttentionShape{"TinyLlama-1.1B", 32, 4}}) {
+    std::vector<float> q(n * s.heads * hd), out(q.size()), kv(s.kv_heads * n * hd);
+    fill_random(q.data(), q.size(), 11);
+    std::vector<uint16_t> keys(kv.size()), values(kv.size());
+    fill_random(kv.data(), kv.size(), 12);
+    quantize_row(DType::F16, kv.data(), keys.data(), (int64_t)kv.size());
+    fill_random(kv.data(), kv.size(), 13);
+    quantize_row(DType::F16, kv.data(), values.data(), (int64_t)kv.size());
+    const ops::KvCache cache{DType::F16, keys.data(), values.data(), n};
+    const ops::AttentionShape shape{s.heads, s.kv_heads, hd, 0};
+    const double pairs = (double)s.heads * n * (n + 1) / 2;  // causal: position p sees p + 1 keys
+    for (const std::string& b : backends) {
+      if (!force_backend(b.c_str())) continue;
+      for (int th : threads) {
+        omp_set_num_threads(th);
+        const double sec = time_median([&] { ops::attention(q.data(), cache, n, 0, shape, out.data()); }, reps, 0.3);
+        std::printf("attention f16 %-7s %-14s prefill %lld  threads %d: %6.2f ns per query head and key (x threads)  %7.2f ms\n",
+                    b.c_str(), s.what, (long long)n, th, sec * 1e9 * th / pairs, sec * 1e3);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -128,7 +165,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> backends, types = {"q8_0", "q4_0"};
   std::vector<int64_t> gemm_ms = {64, 128, 512};
   int reps = 5;
-  bool quick = false;
+  bool quick = false, attention_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : "";
@@ -138,8 +175,9 @@ int main(int argc, char** argv) {
     else if (a == "--m") gemm_ms.clear(), [&] { for (auto& s : split(v)) gemm_ms.push_back(std::atoll(s.c_str())); }(), ++i;
     else if (a == "--reps") reps = std::max(1, std::atoi(v)), ++i;
     else if (a == "--quick") quick = true;
+    else if (a == "--attention-only") attention_only = true;
     else {
-      std::fprintf(stderr, "usage: %s [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--m 64,128,512] [--reps 5] [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--m 64,128,512] [--reps 5] [--quick] [--attention-only]\n", argv[0]);
       return 2;
     }
   }
@@ -156,7 +194,8 @@ int main(int argc, char** argv) {
   std::printf("kernels-bench: default backend %s, load average %.2f %.2f %.2f, medians of %d runs\n", backend_name(),
               load[0], load[1], load[2], reps);
 
-  for (int th : threads) {
+  if (attention_only) types.clear();
+  for (int th : attention_only ? std::vector<int>{} : threads) {
     omp_set_num_threads(th);
     std::printf("read bandwidth (STREAM-like sum, 256 MiB)  threads %d: %6.1f GB/s\n", th, read_bandwidth_gbs(reps));
   }
@@ -239,5 +278,6 @@ int main(int argc, char** argv) {
       }
     }
   }
+  bench_attention(backends, threads, reps);
   return 0;
 }
