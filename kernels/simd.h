@@ -106,6 +106,18 @@ typename V::T dot_keys(const float* q, int64_t head_dim, int64_t full, KeyVector
   return V::sum_each(dots);
 }
 
+// Rows are found through pointers (a beam's ancestors, a sentence's encoder output), which no
+// hardware prefetcher follows: the next rows' head slices are asked for ahead of use.
+constexpr int64_t kRowsAhead = 8;
+template <typename E>
+void prefetch_rows(const void* const* rows, int64_t n, int64_t offset, int64_t elements) {
+  for (int64_t k = 0; k < n; ++k) {
+    const char* first = reinterpret_cast<const char*>(kv_row<E>(rows[k], offset));
+    const int64_t bytes = kBlockRow<E> ? elements / kBlockSize * (int64_t)sizeof(E) : elements * (int64_t)sizeof(E);
+    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(first + line);
+  }
+}
+
 // One query's score against one key: a single chain, then a horizontal sum. For the last keys of
 // a call, fewer than kWidth, where a block of dot_keys would be mostly padding. reduce_add adds
 // in sum_each's order, so a key's score has the same bits either way: a query sees the same
@@ -165,6 +177,7 @@ void weighted_sums(const float* weights, int64_t weight_stride, const void* cons
   for (int i = 0; i < Q; ++i)
     for (int u = 0; u < NV; ++u) acc[i][u] = V::zero();
   for (int64_t j = 0; j < n_keys; ++j) {
+    if (j + kRowsAhead < n_keys) prefetch_rows<E>(values + j + kRowsAhead, 1, offset + first, NV * W);
     const E* row = kv_row<E>(values[j], offset);
     typename V::T v[NV];
     for (int u = 0; u < NV; ++u) v[u] = load_kv<V>(row, first + u * W);
@@ -218,7 +231,10 @@ void attend_as(const AttendArgs& a) {
   float* inv_sums = a.scratch + a.n_q * n_keys;
   float* tile = inv_sums + a.n_q;
   const int64_t blocks_end = n_keys / W * W;
-  for (int64_t j0 = 0; j0 < blocks_end; j0 += W) scores<V, E>(a, j0, tile);
+  for (int64_t j0 = 0; j0 < blocks_end; j0 += W) {
+    prefetch_rows<E>(a.keys + j0 + W, (n_keys - j0 - W < W ? n_keys - j0 - W : W), a.offset, head_dim);
+    scores<V, E>(a, j0, tile);
+  }
   for (int64_t j = blocks_end; j < n_keys; ++j) {
     const E* key = kv_row<E>(a.keys[j], a.offset);
     for (int64_t i = 0; i < a.n_q; ++i)
