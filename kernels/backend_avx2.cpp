@@ -271,6 +271,15 @@ struct Vec8 {
   }
   static float reduce_add(T v) { return hsum(v); }  // lanes l and l + 4, 2, 1: sum_each's order
   static float reduce_max(T v) { return hmax(v); }
+  // F16C rounds to nearest even, as fp32_to_fp16; only a NaN's payload differs, so NaNs are
+  // rewritten as the reference writes them: quiet, payload 0x200, sign kept.
+  static void store_f16(uint16_t* p, T v) {
+    const __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i nan32 = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    const __m128i nan = _mm_packs_epi32(_mm256_castsi256_si128(nan32), _mm256_extracti128_si256(nan32, 1));
+    const __m128i quiet = _mm_or_si128(_mm_and_si128(h, _mm_set1_epi16((short)0x8000)), _mm_set1_epi16(0x7e00));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_blendv_epi8(h, quiet, nan));
+  }
   // Three rounds, each adding every vector's lanes l and l + half (half = 4, 2, 1) and packing two
   // vectors' sums into one; the last leaves vector 2s + r at lane 4r + s, put back in order.
   static T sum_each(const T* v) {
@@ -286,30 +295,6 @@ struct Vec8 {
     return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
   }
 };
-
-// F16C rounds to nearest even, as fp32_to_fp16; only a NaN's payload differs, so NaNs are
-// rewritten as the reference writes them: quiet, payload 0x200, sign kept.
-__m128i to_f16(__m256 v) {
-  const __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256i nan32 = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  const __m128i nan = _mm_packs_epi32(_mm256_castsi256_si128(nan32), _mm256_extracti128_si256(nan32, 1));
-  const __m128i quiet = _mm_or_si128(_mm_and_si128(h, _mm_set1_epi16((short)0x8000)), _mm_set1_epi16(0x7e00));
-  return _mm_blendv_epi8(h, quiet, nan);
-}
-
-// The tail through a padded vector: fp32_to_fp16 itself must not be compiled with this file's
-// flags (an out-of-line copy could serve the whole program).
-void to_f16(const float* x, uint16_t* out, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), to_f16(_mm256_loadu_ps(x + i)));
-  if (i < n) {
-    alignas(32) float tail[8] = {};
-    alignas(16) uint16_t halves[8];
-    std::memcpy(tail, x + i, (n - i) * sizeof(float));
-    _mm_store_si128(reinterpret_cast<__m128i*>(halves), to_f16(_mm256_load_ps(tail)));
-    std::memcpy(out + i, halves, (n - i) * sizeof(uint16_t));
-  }
-}
 
 template <DType T>
 constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
@@ -334,7 +319,7 @@ const Backend& avx2_backend() {
       simd::attend<Vec8>,
       simd::sum_exp<Vec8>,
       simd::silu<Vec8>,
-      to_f16,
+      simd::to_f16<Vec8>,
       {nullptr, nullptr, kPackedTile<DType::Q8_0>, kPackedTile<DType::Q4_0>, nullptr},
   };
   return backend;

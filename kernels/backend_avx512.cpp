@@ -372,6 +372,14 @@ struct Vec16 {
     return _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)));
   }
   static float reduce_max(T v) { return _mm512_reduce_max_ps(v); }
+  // F16C rounds to nearest even, as fp32_to_fp16; only a NaN's payload differs, so NaNs are
+  // rewritten as the reference writes them: quiet, payload 0x200, sign kept.
+  static void store_f16(uint16_t* p, T v) {
+    const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    const __m256i quiet = _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi16((short)0x8000)), _mm256_set1_epi16(0x7e00));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_mask_blend_epi16(nan, h, quiet));
+  }
   // Four rounds, each adding every vector's lanes l and l + half (half = 8, 4, 2, 1) and packing
   // two vectors' sums into one; the last leaves vector 4s + r at lane 4r + s, put back in order.
   static T sum_each(const T* v) {
@@ -391,29 +399,6 @@ struct Vec16 {
   }
 };
 
-// F16C rounds to nearest even, as fp32_to_fp16; only a NaN's payload differs, so NaNs are
-// rewritten as the reference writes them: quiet, payload 0x200, sign kept.
-__m256i to_f16(__m512 v) {
-  const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  const __m256i quiet = _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi16((short)0x8000)), _mm256_set1_epi16(0x7e00));
-  return _mm256_mask_blend_epi16(nan, h, quiet);
-}
-
-// The tail through a padded vector: fp32_to_fp16 itself must not be compiled with this file's
-// flags (an out-of-line copy could serve the whole program).
-void to_f16(const float* x, uint16_t* out, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), to_f16(_mm512_loadu_ps(x + i)));
-  if (i < n) {
-    alignas(64) float tail[16] = {};
-    alignas(32) uint16_t halves[16];
-    std::memcpy(tail, x + i, (n - i) * sizeof(float));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(halves), to_f16(_mm512_load_ps(tail)));
-    std::memcpy(out + i, halves, (n - i) * sizeof(uint16_t));
-  }
-}
-
 template <DType T>
 constexpr DotTileFn kTileQ = by_rows<dot_tile_q<T, 1>, dot_tile_q<T, 2>, dot_tile_q<T, 3>, dot_tile_q<T, 4>>;
 template <typename W>
@@ -430,7 +415,7 @@ const Backend& avx512_backend() {
       simd::attend<Vec16>,
       simd::sum_exp<Vec16>,
       simd::silu<Vec16>,
-      to_f16,
+      simd::to_f16<Vec16>,
       {nullptr, nullptr, packed_rows<DType::Q8_0>, packed_rows<DType::Q4_0>, nullptr},
   };
   return backend;

@@ -9,8 +9,9 @@
 //   if_negative(v, a, b) = (v < 0 ? a : b) per lane,
 //   round(v) (to nearest), scale2(v, n) = v * 2^n for integral n, reduce_add(v), reduce_max(v),
 //   sum_each(v) (kWidth vectors in, lane k = the sum of v[k]'s lanes, each vector's lanes added in
-//   the same order as reduce_add adds them), and kRegisters (vector registers, for register
-//   blocking).
+//   the same order as reduce_add adds them), kRegisters (vector registers, for register
+//   blocking), and, where to_f16 is instantiated, store_f16(p, v) (kWidth halves with
+//   fp32_to_fp16's bytes).
 // No std:: function templates here: their out-of-line copies would carry this file's ISA flags
 // into code that any other file may end up calling.
 // The work is the scalar reference's (backend_scalar.cpp); only the vector width, the polynomial
@@ -294,6 +295,21 @@ void attend(const AttendArgs& a) {
     case DType::F16: attend_as<V, uint16_t>(a); break;
     case DType::Q8_0: attend_as<V, BlockQ8_0>(a); break;
     default: attend_as<V, float>(a); break;
+  }
+}
+
+// quantize_row(F16)'s bytes for n floats: whole vectors, then the tail through a padded one.
+// fp32_to_fp16 itself is not called here: an out-of-line copy compiled with the including file's
+// flags could serve the whole program.
+template <class V>
+void to_f16(const float* x, uint16_t* out, int64_t n) {
+  constexpr int W = V::kWidth;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) V::store_f16(out + i, V::load(x + i));
+  if (i < n) {
+    uint16_t halves[W];
+    V::store_f16(halves, load_partial<V>(x + i, n - i, 0.0f));
+    std::memcpy(out + i, halves, (n - i) * sizeof(uint16_t));
   }
 }
 
