@@ -194,8 +194,11 @@ int main(int argc, char** argv) {
   std::printf("kernels-bench: default backend %s, load average %.2f %.2f %.2f, medians of %d runs\n", backend_name(),
               load[0], load[1], load[2], reps);
 
-  if (attention_only) types.clear();
-  for (int th : attention_only ? std::vector<int>{} : threads) {
+  if (attention_only) {
+    bench_attention(backends, threads, reps);
+    return 0;
+  }
+  for (int th : threads) {
     omp_set_num_threads(th);
     std::printf("read bandwidth (STREAM-like sum, 256 MiB)  threads %d: %6.1f GB/s\n", th, read_bandwidth_gbs(reps));
   }
