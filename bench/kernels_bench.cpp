@@ -12,7 +12,7 @@
 // row-major (its name) and packed, the layout the converter writes (name/p, matmul_packed).
 //
 //   kernels-bench [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--reps 5] [--quick]
-//                 [--attention-only]
+//                 [--only gemv,gemm,translation,attention]
 #include <omp.h>
 
 #include <algorithm>
@@ -126,6 +126,16 @@ struct Shape {
   int64_t n, k;
 };
 
+// TinyLlama-1.1B: hidden 2048, 32 heads, 4 KV heads of 64, FFN 5632, 22 layers.
+const std::vector<Shape> kTinyLlamaLayer = {{"q", 2048, 2048}, {"k", 256, 2048},    {"v", 256, 2048},   {"o", 2048, 2048},
+                                            {"gate", 5632, 2048}, {"up", 5632, 2048}, {"down", 2048, 5632}};
+constexpr int kTinyLlamaLayers = 22;
+// opus-mt-en-zh decoder layer: d_model 512, FFN 2048; self-attention q, k, v, o, cross-attention q
+// and o (its keys and values come once per source), up, down.
+const std::vector<Shape> kOpusMtDecoderLayer = {{"q", 512, 512},     {"k", 512, 512},      {"v", 512, 512},
+                                                {"o", 512, 512},     {"cross q", 512, 512}, {"cross o", 512, 512},
+                                                {"up", 2048, 512}, {"down", 512, 2048}};
+
 // A layer's causal attention over `positions` new tokens from an empty f16 cache.
 struct AttentionShape {
   const char* what;
@@ -158,6 +168,47 @@ void bench_attention(const std::vector<std::string>& backends, const std::vector
   }
 }
 
+// GEMM: M activation rows against each of `layer`'s matrices in turn, as a model layer runs them;
+// GMAC/s per backend (row-major, and packed where it has packed kernels) and thread count, and
+// `per_layer`'s figure from the seconds a layer took, when given.
+void bench_gemm(DType t, const std::string& tname, const char* what, const std::vector<Shape>& layer, int64_t m,
+                const std::vector<std::string>& backends, const std::vector<int>& threads, int reps,
+                std::string (*per_layer)(double seconds, int64_t m) = nullptr) {
+  std::vector<std::vector<uint8_t>> weights;
+  double macs = 0;
+  int64_t widest = 0;
+  for (const Shape& s : layer) {
+    weights.push_back(random_weights(t, s.n, s.k, 77 + s.n));
+    macs += (double)s.n * s.k;
+    widest = std::max({widest, s.n, s.k});
+  }
+  std::vector<PackedBuffer> packed;
+  std::vector<float> x(m * widest), y(m * widest);
+  fill_random(x.data(), x.size(), 9);
+  for (const std::string& b : backends) {
+    if (!force_backend(b.c_str())) continue;
+    for (bool pack : {false, true}) {
+      if (pack && !packed_kernel_active(t)) continue;
+      if (pack && packed.empty())
+        for (size_t i = 0; i < layer.size(); ++i) packed.emplace_back(t, weights[i].data(), layer[i].n, layer[i].k);
+      const std::string label = b + (pack ? "/p" : "");
+      for (int th : threads) {
+        omp_set_num_threads(th);
+        const double sec = time_median(
+            [&] {
+              for (size_t i = 0; i < layer.size(); ++i) {
+                if (pack) matmul_packed(packed[i].view(), x.data(), m, y.data(), layer[i].n);
+                else matmul(t, weights[i].data(), layer[i].n, layer[i].k, x.data(), m, y.data(), layer[i].n);
+              }
+            },
+            reps, 0.3);
+        std::printf("GEMM %-5s %-9s %-22s M=%-4lld threads %d: %7.1f GMAC/s%s\n", tname.c_str(), label.c_str(), what,
+                    (long long)m, th, macs * m / sec / 1e9, per_layer ? per_layer(sec, m).c_str() : "");
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -165,7 +216,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> backends, types = {"q8_0", "q4_0"};
   std::vector<int64_t> gemm_ms = {64, 128, 512};
   int reps = 5;
-  bool quick = false, attention_only = false;
+  bool quick = false;
+  std::vector<std::string> sections = {"gemv", "gemm", "translation", "attention"};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : "";
@@ -175,9 +227,9 @@ int main(int argc, char** argv) {
     else if (a == "--m") gemm_ms.clear(), [&] { for (auto& s : split(v)) gemm_ms.push_back(std::atoll(s.c_str())); }(), ++i;
     else if (a == "--reps") reps = std::max(1, std::atoi(v)), ++i;
     else if (a == "--quick") quick = true;
-    else if (a == "--attention-only") attention_only = true;
+    else if (a == "--only") sections = split(v), ++i;
     else {
-      std::fprintf(stderr, "usage: %s [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--m 64,128,512] [--reps 5] [--quick] [--attention-only]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads 1,2] [--backends avx512,avx2] [--types q8_0,q4_0] [--m 64,128,512] [--reps 5] [--quick] [--only gemv,gemm,translation,attention]\n", argv[0]);
       return 2;
     }
   }
@@ -194,22 +246,13 @@ int main(int argc, char** argv) {
   std::printf("kernels-bench: default backend %s, load average %.2f %.2f %.2f, medians of %d runs\n", backend_name(),
               load[0], load[1], load[2], reps);
 
-  if (attention_only) {
-    bench_attention(backends, threads, reps);
-    return 0;
-  }
-  for (int th : threads) {
+  const auto wanted = [&](const char* section) { return std::find(sections.begin(), sections.end(), section) != sections.end(); };
+  for (int th : wanted("gemv") ? threads : std::vector<int>{}) {
     omp_set_num_threads(th);
     std::printf("read bandwidth (STREAM-like sum, 256 MiB)  threads %d: %6.1f GB/s\n", th, read_bandwidth_gbs(reps));
   }
 
-  const Shape gemv_shapes[] = {{"ffn up 5632x2048", 5632, 2048}, {"ffn down 2048x5632", 2048, 5632}, {"lm head 32000x2048", 32000, 2048}};
-  // TinyLlama-1.1B: hidden 2048, 32 heads, 4 kv heads of 64, ffn 5632, 22 layers.
-  const Shape layer[] = {{"q", 2048, 2048}, {"k", 256, 2048}, {"v", 256, 2048}, {"o", 2048, 2048},
-                         {"gate", 5632, 2048}, {"up", 5632, 2048}, {"down", 2048, 5632}};
-  double layer_macs = 0;
-  for (const Shape& s : layer) layer_macs += (double)s.n * s.k;
-  constexpr int kLayers = 22;
+  const std::vector<Shape> gemv_shapes = {{"ffn up 5632x2048", 5632, 2048}, {"ffn down 2048x5632", 2048, 5632}, {"lm head 32000x2048", 32000, 2048}};
 
   for (const std::string& tname : types) {
     DType t;
@@ -218,7 +261,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     // GEMV: copies of each shape adding up to >= 96 MiB, so no call finds its weights in L3.
-    for (const Shape& s : gemv_shapes) {
+    for (const Shape& s : wanted("gemv") ? gemv_shapes : std::vector<Shape>{}) {
       const size_t bytes = row_bytes(t, s.k) * s.n;
       const int copies = (int)std::max<size_t>(1, ((size_t)96 << 20) / bytes + 1);
       std::vector<std::vector<uint8_t>> ws;
@@ -250,37 +293,19 @@ int main(int argc, char** argv) {
       }
     }
     // GEMM: the TinyLlama layer, M tokens at once.
-    std::vector<std::vector<uint8_t>> lw;
-    for (const Shape& s : layer) lw.push_back(random_weights(t, s.n, s.k, 77 + s.n));
-    std::vector<PackedBuffer> lp;
-    for (int64_t m : gemm_ms) {
-      std::vector<float> x(m * 5632), y(m * 5632);
-      fill_random(x.data(), x.size(), 9);
-      for (const std::string& b : backends) {
-        if (!force_backend(b.c_str())) continue;
-        for (bool packed : {false, true}) {
-          if (packed && !packed_kernel_active(t)) continue;
-          if (packed && lp.empty())
-            for (size_t i = 0; i < std::size(layer); ++i) lp.emplace_back(t, lw[i].data(), layer[i].n, layer[i].k);
-          const std::string label = b + (packed ? "/p" : "");
-          for (int th : threads) {
-            omp_set_num_threads(th);
-            const double sec = time_median(
-                [&] {
-                  for (size_t i = 0; i < std::size(layer); ++i) {
-                    if (packed) matmul_packed(lp[i].view(), x.data(), m, y.data(), layer[i].n);
-                    else matmul(t, lw[i].data(), layer[i].n, layer[i].k, x.data(), m, y.data(), layer[i].n);
-                  }
-                },
-                reps, 0.3);
-            const double gmacs = layer_macs * m / sec / 1e9;
-            std::printf("GEMM %-5s %-9s TinyLlama layer M=%-4lld    threads %d: %7.1f GMAC/s  ~%6.1f tok/s prefill (matmuls only)\n",
-                        tname.c_str(), label.c_str(), (long long)m, th, gmacs, gmacs * 1e9 / (layer_macs * kLayers));
-          }
-        }
-      }
+    for (int64_t m : wanted("gemm") ? gemm_ms : std::vector<int64_t>{})
+      bench_gemm(t, tname, "TinyLlama layer", kTinyLlamaLayer, m, backends, threads, reps, [](double sec, int64_t m) {
+        char note[64];
+        std::snprintf(note, sizeof note, "  ~%6.1f tok/s prefill (matmuls only)", m / (sec * kTinyLlamaLayers));
+        return std::string(note);
+      });
+    // GEMM: one translation decoder step at beam 4, batch 32 (128 rows), opus-mt-en-zh shape; the
+    // output head has more multiply-adds than the six layers together.
+    if (wanted("translation")) {
+      bench_gemm(t, tname, "opus-mt decoder layer", kOpusMtDecoderLayer, 128, backends, threads, reps);
+      bench_gemm(t, tname, "opus-mt output head", {{"head", 65001, 512}}, 128, backends, threads, reps);
     }
   }
-  bench_attention(backends, threads, reps);
+  if (wanted("attention")) bench_attention(backends, threads, reps);
   return 0;
 }
