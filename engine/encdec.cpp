@@ -362,6 +362,8 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   // longest key list (a source, or the decoder's positions, both at most max_positions).
   const int64_t rows = std::max<int64_t>(n, max_rows);
   for (auto* buffer : {&x_, &h_, &o_, &q_, &k_, &v_, &attended_}) buffer->resize(rows * d);
+  head_major_keys_.resize(n * d);
+  head_major_values_.resize(n * d);
   ffn_.resize(rows * c.ffn_dim);
   ensure_thread_scratch(c.max_positions);
 
@@ -373,8 +375,8 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
                    [&](const float* in, float* out) {
                      ops::matmul({{a.q, q_.data(), d}, {a.k, k_.data(), d}, {a.v, v_.data(), d}}, in, n);
                      if (a.q_bias) ops::add_bias(q_.data(), a.q_bias, n, d);
-                     if (a.k_bias) ops::add_bias(k_.data(), a.k_bias, n, d);
-                     if (a.v_bias) ops::add_bias(v_.data(), a.v_bias, n, d);
+                     to_head_major(k_.data(), a.k_bias, n, head_major_keys_.data());
+                     to_head_major(v_.data(), a.v_bias, n, head_major_values_.data());
                      // Each token sees its own sentence's tokens only: the key padding mask. A
                      // work item is up to kQueriesPerCall tokens of one sentence, which share
                      // each key and value load.
@@ -382,8 +384,8 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
                      for (size_t item = 0; item < query_blocks.size(); ++item) {
                        const auto [first, count] = query_blocks[item];
                        const int64_t s = sentence_of_token[first];
-                       attend_rows(q_.data() + first * d, count, k_.data(), v_.data(), source_start_[s],
-                                   source_length_[s], attended_.data() + first * d);
+                       attend_rows(q_.data() + first * d, count, head_major_keys_.data(), head_major_values_.data(),
+                                   n, source_start_[s], source_length_[s], attended_.data() + first * d);
                      }
                      ops::matmul(a.out, attended_.data(), n, out, a.out.rows);
                    });
@@ -399,11 +401,9 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   cross_values_.resize(c.decoder_layers * n * d);
   for (int64_t l = 0; l < c.decoder_layers; ++l) {
     const auto& a = m.decoder_layers[l].cross_attention;
-    float* keys = cross_keys_.data() + l * n * d;
-    float* values = cross_values_.data() + l * n * d;
-    ops::matmul({{a.k, keys, d}, {a.v, values, d}}, encoder_out_.data(), n);
-    if (a.k_bias) ops::add_bias(keys, a.k_bias, n, d);
-    if (a.v_bias) ops::add_bias(values, a.v_bias, n, d);
+    ops::matmul({{a.k, k_.data(), d}, {a.v, v_.data(), d}}, encoder_out_.data(), n);
+    to_head_major(k_.data(), a.k_bias, n, cross_keys_.data() + l * n * d);
+    to_head_major(v_.data(), a.v_bias, n, cross_values_.data() + l * n * d);
   }
 
   // A fresh decoder: no positions, caches emptied (their memory kept for the next batch).
@@ -421,20 +421,35 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   step_positions_.resize(max_rows);
 }
 
-// Attention of n_q (at most kQueriesPerCall) consecutive query rows over `count` consecutive rows
-// of keys/values starting at row `first` (rows of d_model floats), on this thread's scratch.
-void EncDecState::attend_rows(const float* q, int64_t n_q, const float* keys, const float* values, int64_t first,
-                              int64_t count, float* out) {
+// Attention of n_q (at most kQueriesPerCall) consecutive query rows over `count` consecutive
+// tokens from token `first` of head-major keys/values ([head][tokens][head_dim]), on this thread's
+// scratch.
+void EncDecState::attend_rows(const float* q, int64_t n_q, const float* keys, const float* values, int64_t tokens,
+                              int64_t first, int64_t count, float* out) {
   const EncDecConfig& c = model_->config();
   const int64_t thread = omp_get_thread_num();
   const float** key_rows = key_rows_.data() + thread * scratch_keys_;
   const float** value_rows = value_rows_.data() + thread * scratch_keys_;
   for (int64_t j = 0; j < count; ++j) {
-    key_rows[j] = keys + (first + j) * c.d_model;
-    value_rows[j] = values + (first + j) * c.d_model;
+    key_rows[j] = keys + (first + j) * c.head_dim;
+    value_rows[j] = values + (first + j) * c.head_dim;
   }
-  ops::attend(q, n_q, key_rows, value_rows, count, c.n_heads, c.head_dim, scores_.data() + thread * scores_stride(),
-              out);
+  ops::attend(q, n_q, key_rows, value_rows, count, c.n_heads, c.head_dim, tokens * c.head_dim,
+              scores_.data() + thread * scores_stride(), out);
+}
+
+// rows ([n][d_model], heads side by side) plus bias (if any) into out as [head][n][head_dim]: each
+// head's keys or values contiguous, which the attention of a sentence's tokens reads in sequence.
+void EncDecState::to_head_major(const float* rows, const float* bias, int64_t n, float* out) const {
+  const EncDecConfig& c = model_->config();
+  const int64_t hd = c.head_dim;
+#pragma omp parallel for if (n * c.d_model > kParallelWork)
+  for (int64_t h = 0; h < c.n_heads; ++h)
+    for (int64_t i = 0; i < n; ++i) {
+      const float* from = rows + i * c.d_model + h * hd;
+      float* to = out + (h * n + i) * hd;
+      for (int64_t e = 0; e < hd; ++e) to[e] = bias ? from[e] + bias[h * hd + e] : from[e];
+    }
 }
 
 void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t> tokens, float* logits) {
@@ -521,8 +536,8 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
                        const auto [first, count] = row_blocks_[block];
                        for (int64_t r = first; r < first + count; ++r) add_bias_row(q_.data() + r * d, cross.q_bias, d);
                        const int32_t s = sentence_[first];
-                       attend_rows(q_.data() + first * d, count, keys, values, source_start_[s], source_length_[s],
-                                   attended_.data() + first * d);
+                       attend_rows(q_.data() + first * d, count, keys, values, source_tokens, source_start_[s],
+                                   source_length_[s], attended_.data() + first * d);
                      }
                      ops::matmul(cross.out, attended_.data(), n, out, d);
                    });
@@ -550,8 +565,8 @@ void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* 
     key_rows[p] = self_keys_.data() + offset;
     value_rows[p] = self_values_.data() + offset;
   }
-  ops::attend(q, 1, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, scores_.data() + thread * scores_stride(),
-              out);
+  ops::attend(q, 1, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, c.head_dim,
+              scores_.data() + thread * scores_stride(), out);
 }
 
 // The caches are position-major, so growing keeps every cached vector where it is; they double,

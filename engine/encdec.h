@@ -130,8 +130,9 @@ class EncDecState final : public DecoderStep {
   void embed(const ops::Matrix& table, const ops::Matrix& positions, const EncDecModel::Norm& norm,
              const int32_t* ids, const int32_t* positions_of, int64_t n, float* x);
   void feed_forward(const EncDecModel::FeedForward& w, const float* in, int64_t n, float* out);
-  void attend_rows(const float* q, int64_t n_q, const float* keys, const float* values, int64_t first, int64_t count,
-                   float* out);
+  void attend_rows(const float* q, int64_t n_q, const float* keys, const float* values, int64_t tokens, int64_t first,
+                   int64_t count, float* out);
+  void to_head_major(const float* rows, const float* bias, int64_t n, float* out) const;
   void attend_cache(int64_t layer, int64_t row, const float* q, float* out);
   void grow_self_attention_cache(int64_t positions);
   void ensure_thread_scratch(int64_t n_keys);
@@ -144,7 +145,7 @@ class EncDecState final : public DecoderStep {
   std::vector<int32_t> source_start_, source_length_;  // per sentence, in encoder rows
   int64_t longest_source_ = 0;
   std::vector<float> encoder_out_;                     // [source tokens][d_model]
-  std::vector<float> cross_keys_, cross_values_;       // [decoder layer][source tokens][d_model]
+  std::vector<float> cross_keys_, cross_values_;       // [decoder layer][head][source tokens][head_dim]
 
   // The decoder. A row's self-attention keys/values of position p live in the slot (the row
   // index at step p) of the row's ancestor at that step: origin_[row][p] names it. Reordering
@@ -162,6 +163,8 @@ class EncDecState final : public DecoderStep {
   // Activations, [rows][feature]: sized for the larger of a step's rows and the source tokens.
   // x: the residual stream; h: its normalized copy; o: a sublayer's output.
   std::vector<float> x_, h_, o_, q_, k_, v_, attended_, ffn_;
+  // The encoder layer's keys and values, [head][source tokens][head_dim].
+  std::vector<float> head_major_keys_, head_major_values_;
   // Per OpenMP thread: attention scores and key/value row pointers.
   int64_t scratch_keys_ = 0;
   std::vector<float> scores_;  // scores_stride() floats per thread

@@ -280,7 +280,7 @@ void activate(Activation activation, float* x, int64_t n) {
 }
 
 void attend(const float* q, int64_t n_q, const float* const* keys, const float* const* values, int64_t n_keys,
-            int64_t n_heads, int64_t head_dim, float* scratch, float* out) {
+            int64_t n_heads, int64_t head_dim, int64_t head_stride, float* scratch, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const int64_t row = n_heads * head_dim;
   for (int64_t h = 0; h < n_heads; ++h) {
@@ -290,7 +290,7 @@ void attend(const float* q, int64_t n_q, const float* const* keys, const float* 
                      .kv_type = DType::F32,
                      .keys = reinterpret_cast<const void* const*>(keys),
                      .values = reinterpret_cast<const void* const*>(values),
-                     .offset = h * head_dim,
+                     .offset = h * head_stride,
                      .n_keys = n_keys,
                      .head_dim = head_dim,
                      .scale = scale,

@@ -88,17 +88,17 @@ TEST_CASE("activations match their formulas") {
   }
 }
 
-TEST_CASE("attend over scattered key rows matches a naive softmax attention") {
+TEST_CASE("attend over scattered key rows matches a naive softmax attention, in either layout") {
   std::mt19937 rng(2);
-  const int64_t n_heads = 4, head_dim = 16, d = n_heads * head_dim, n_keys = 9;
+  const int64_t n_heads = 4, head_dim = 16, d = n_heads * head_dim, n_keys = 9, n_rows = 20;
   const auto q = random_vector(rng, d, 1.0f);
-  const auto memory_keys = random_vector(rng, 20 * d, 1.0f), memory_values = random_vector(rng, 20 * d, 1.0f);
+  const auto memory_keys = random_vector(rng, n_rows * d, 1.0f), memory_values = random_vector(rng, n_rows * d, 1.0f);
   // Keys taken out of order from a larger buffer, as a beam's cache rows are.
   const int rows[n_keys] = {7, 2, 19, 0, 11, 11, 5, 13, 3};
   std::vector<const float*> keys, values;
   for (int r : rows) keys.push_back(memory_keys.data() + r * d), values.push_back(memory_values.data() + r * d);
   std::vector<float> scores(kernels::attend_scratch_floats(1, n_keys, head_dim)), out(d);
-  ops::attend(q.data(), 1, keys.data(), values.data(), n_keys, n_heads, head_dim, scores.data(), out.data());
+  ops::attend(q.data(), 1, keys.data(), values.data(), n_keys, n_heads, head_dim, head_dim, scores.data(), out.data());
   std::vector<double> expected(d);
   for (int64_t h = 0; h < n_heads; ++h) {
     std::vector<double> s(n_keys);
@@ -113,6 +113,25 @@ TEST_CASE("attend over scattered key rows matches a naive softmax attention") {
       for (int64_t i = 0; i < head_dim; ++i) expected[h * head_dim + i] += s[j] / sum * values[j][h * head_dim + i];
   }
   CHECK(relative_error(out, expected, d) < 1e-6);
+
+  // The same rows head-major ([head][row][head_dim]): the same arithmetic on the same values, so
+  // the same bits.
+  std::vector<float> major_keys(n_rows * d), major_values(n_rows * d);
+  for (int64_t r = 0; r < n_rows; ++r)
+    for (int64_t h = 0; h < n_heads; ++h)
+      for (int64_t i = 0; i < head_dim; ++i) {
+        major_keys[(h * n_rows + r) * head_dim + i] = memory_keys[r * d + h * head_dim + i];
+        major_values[(h * n_rows + r) * head_dim + i] = memory_values[r * d + h * head_dim + i];
+      }
+  std::vector<const float*> major_key_rows, major_value_rows;
+  for (int r : rows) {
+    major_key_rows.push_back(major_keys.data() + r * head_dim);
+    major_value_rows.push_back(major_values.data() + r * head_dim);
+  }
+  std::vector<float> major_out(d);
+  ops::attend(q.data(), 1, major_key_rows.data(), major_value_rows.data(), n_keys, n_heads, head_dim,
+              n_rows * head_dim, scores.data(), major_out.data());
+  CHECK(major_out == out);
 }
 
 // ---- A small random model against a double-precision forward pass ---------------------------
