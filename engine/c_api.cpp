@@ -393,7 +393,10 @@ struct TranslationStorage {
 }  // namespace
 
 void octet_translator_params_init(octet_translator_params* params) {
-  if (params) params->verify_checksums = 1;
+  if (params) {
+    params->verify_checksums = 1;
+    params->kv_type = OCTET_KV_F16;
+  }
 }
 
 octet_status octet_translator_load(const char* path, const octet_translator_params* params,
@@ -404,7 +407,9 @@ octet_status octet_translator_load(const char* path, const octet_translator_para
     octet_translator_params defaults;
     octet_translator_params_init(&defaults);
     if (!params) params = &defaults;
-    *out = new octet_translator{octet::Translator(octet::EncDecModel::load(path, params->verify_checksums != 0))};
+    const octet::DType kv_type = kv_dtype(params->kv_type);
+    *out = new octet_translator{
+        octet::Translator(octet::EncDecModel::load(path, params->verify_checksums != 0), kv_type)};
   });
 }
 

@@ -282,6 +282,12 @@ inline void add_bias_row(float* row, const float* bias, int64_t d) {
 
 }  // namespace
 
+EncDecState::EncDecState(std::shared_ptr<const EncDecModel> model, DType kv_type)
+    : model_(std::move(model)), kv_type_(kv_type), kv_size_(kv_type == DType::F16 ? sizeof(uint16_t) : sizeof(float)) {
+  if (kv_type != DType::F32 && kv_type != DType::F16)
+    fail(ErrorCode::InvalidArgument, std::string("translation caches are f32 or f16, not ") + kernels::dtype_name(kv_type));
+}
+
 int64_t EncDecState::scores_stride() const {
   return kernels::attend_scratch_floats(kQueriesPerCall, scratch_keys_, model_->config().head_dim);
 }
@@ -362,8 +368,8 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   // longest key list (a source, or the decoder's positions, both at most max_positions).
   const int64_t rows = std::max<int64_t>(n, max_rows);
   for (auto* buffer : {&x_, &h_, &o_, &q_, &k_, &v_, &attended_}) buffer->resize(rows * d);
-  head_major_keys_.resize(n * d);
-  head_major_values_.resize(n * d);
+  head_major_keys_.resize(n * d * sizeof(float));
+  head_major_values_.resize(n * d * sizeof(float));
   ffn_.resize(rows * c.ffn_dim);
   ensure_thread_scratch(c.max_positions);
 
@@ -375,8 +381,8 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
                    [&](const float* in, float* out) {
                      ops::matmul({{a.q, q_.data(), d}, {a.k, k_.data(), d}, {a.v, v_.data(), d}}, in, n);
                      if (a.q_bias) ops::add_bias(q_.data(), a.q_bias, n, d);
-                     to_head_major(k_.data(), a.k_bias, n, head_major_keys_.data());
-                     to_head_major(v_.data(), a.v_bias, n, head_major_values_.data());
+                     to_head_major(k_.data(), a.k_bias, n, DType::F32, head_major_keys_.data());
+                     to_head_major(v_.data(), a.v_bias, n, DType::F32, head_major_values_.data());
                      // Each token sees its own sentence's tokens only: the key padding mask. A
                      // work item is up to kQueriesPerCall tokens of one sentence, which share
                      // each key and value load.
@@ -384,8 +390,9 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
                      for (size_t item = 0; item < query_blocks.size(); ++item) {
                        const auto [first, count] = query_blocks[item];
                        const int64_t s = sentence_of_token[first];
-                       attend_rows(q_.data() + first * d, count, head_major_keys_.data(), head_major_values_.data(),
-                                   n, source_start_[s], source_length_[s], attended_.data() + first * d);
+                       attend_rows(q_.data() + first * d, count, DType::F32, head_major_keys_.data(),
+                                   head_major_values_.data(), n, source_start_[s], source_length_[s],
+                                   attended_.data() + first * d);
                      }
                      ops::matmul(a.out, attended_.data(), n, out, a.out.rows);
                    });
@@ -397,13 +404,13 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   encoder_out_.assign(x, x + n * d);
 
   // Cross-attention keys and values: once per source batch, shared by every beam of a sentence.
-  cross_keys_.resize(c.decoder_layers * n * d);
-  cross_values_.resize(c.decoder_layers * n * d);
+  cross_keys_.resize(c.decoder_layers * n * d * kv_size_);
+  cross_values_.resize(c.decoder_layers * n * d * kv_size_);
   for (int64_t l = 0; l < c.decoder_layers; ++l) {
     const auto& a = m.decoder_layers[l].cross_attention;
     ops::matmul({{a.k, k_.data(), d}, {a.v, v_.data(), d}}, encoder_out_.data(), n);
-    to_head_major(k_.data(), a.k_bias, n, cross_keys_.data() + l * n * d);
-    to_head_major(v_.data(), a.v_bias, n, cross_values_.data() + l * n * d);
+    to_head_major(k_.data(), a.k_bias, n, kv_type_, cross_keys_.data() + l * n * d * kv_size_);
+    to_head_major(v_.data(), a.v_bias, n, kv_type_, cross_values_.data() + l * n * d * kv_size_);
   }
 
   // A fresh decoder: no positions, caches emptied (their memory kept for the next batch).
@@ -422,34 +429,39 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
 }
 
 // Attention of n_q (at most kQueriesPerCall) consecutive query rows over `count` consecutive
-// tokens from token `first` of head-major keys/values ([head][tokens][head_dim]), on this thread's
-// scratch.
-void EncDecState::attend_rows(const float* q, int64_t n_q, const float* keys, const float* values, int64_t tokens,
-                              int64_t first, int64_t count, float* out) {
+// tokens from token `first` of head-major keys/values of `type` ([head][tokens][head_dim]), on
+// this thread's scratch.
+void EncDecState::attend_rows(const float* q, int64_t n_q, DType type, const uint8_t* keys, const uint8_t* values,
+                              int64_t tokens, int64_t first, int64_t count, float* out) {
   const EncDecConfig& c = model_->config();
   const int64_t thread = omp_get_thread_num();
-  const float** key_rows = key_rows_.data() + thread * scratch_keys_;
-  const float** value_rows = value_rows_.data() + thread * scratch_keys_;
+  const void** key_rows = key_rows_.data() + thread * scratch_keys_;
+  const void** value_rows = value_rows_.data() + thread * scratch_keys_;
+  const size_t vector_bytes = kernels::row_bytes(type, c.head_dim);
   for (int64_t j = 0; j < count; ++j) {
-    key_rows[j] = keys + (first + j) * c.head_dim;
-    value_rows[j] = values + (first + j) * c.head_dim;
+    key_rows[j] = keys + (first + j) * vector_bytes;
+    value_rows[j] = values + (first + j) * vector_bytes;
   }
-  ops::attend(q, n_q, key_rows, value_rows, count, c.n_heads, c.head_dim, tokens * c.head_dim,
+  ops::attend(q, n_q, type, key_rows, value_rows, count, c.n_heads, c.head_dim, tokens * c.head_dim,
               scores_.data() + thread * scores_stride(), out);
 }
 
-// rows ([n][d_model], heads side by side) plus bias (if any) into out as [head][n][head_dim]: each
-// head's keys or values contiguous, which the attention of a sentence's tokens reads in sequence.
-void EncDecState::to_head_major(const float* rows, const float* bias, int64_t n, float* out) const {
+// rows ([n][d_model], heads side by side) plus bias (if any) into out as [head][n][head_dim] of
+// `type`: each head's keys or values contiguous, which the attention of a sentence's tokens reads
+// in sequence.
+void EncDecState::to_head_major(const float* rows, const float* bias, int64_t n, DType type, uint8_t* out) const {
   const EncDecConfig& c = model_->config();
   const int64_t hd = c.head_dim;
+  const size_t vector_bytes = kernels::row_bytes(type, hd);
 #pragma omp parallel for if (n * c.d_model > kParallelWork)
-  for (int64_t h = 0; h < c.n_heads; ++h)
+  for (int64_t h = 0; h < c.n_heads; ++h) {
+    std::vector<float> slice(hd);
     for (int64_t i = 0; i < n; ++i) {
       const float* from = rows + i * c.d_model + h * hd;
-      float* to = out + (h * n + i) * hd;
-      for (int64_t e = 0; e < hd; ++e) to[e] = bias ? from[e] + bias[h * hd + e] : from[e];
+      for (int64_t e = 0; e < hd; ++e) slice[e] = bias ? from[e] + bias[h * hd + e] : from[e];
+      kernels::quantize_row(type, slice.data(), out + (h * n + i) * vector_bytes, hd);
     }
+  }
 }
 
 void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t> tokens, float* logits) {
@@ -513,14 +525,16 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
     // this position, so no row waits for another).
     residual_block(c.pre_norm, self.norm_weight, self.norm_bias, c.norm_eps, self.out_bias, x, h_.data(), o_.data(), n,
                    d, [&](const float* in, float* out) {
-                     float* keys = self_keys_.data() + (t * c.decoder_layers + l) * max_rows_ * d;
-                     float* values = self_values_.data() + (t * c.decoder_layers + l) * max_rows_ * d;
-                     ops::matmul({{self.q, q_.data(), d}, {self.k, keys, d}, {self.v, values, d}}, in, n);
+                     uint8_t* keys = self_keys_.data() + (t * c.decoder_layers + l) * max_rows_ * d * kv_size_;
+                     uint8_t* values = self_values_.data() + (t * c.decoder_layers + l) * max_rows_ * d * kv_size_;
+                     ops::matmul({{self.q, q_.data(), d}, {self.k, k_.data(), d}, {self.v, v_.data(), d}}, in, n);
 #pragma omp parallel for if (n > 1 && n * (t + 1) * d > kParallelElements)
                      for (int64_t r = 0; r < n; ++r) {
                        add_bias_row(q_.data() + r * d, self.q_bias, d);
-                       add_bias_row(keys + r * d, self.k_bias, d);
-                       add_bias_row(values + r * d, self.v_bias, d);
+                       add_bias_row(k_.data() + r * d, self.k_bias, d);
+                       add_bias_row(v_.data() + r * d, self.v_bias, d);
+                       kernels::quantize_row(kv_type_, k_.data() + r * d, keys + r * d * kv_size_, d);
+                       kernels::quantize_row(kv_type_, v_.data() + r * d, values + r * d * kv_size_, d);
                        attend_cache(l, r, q_.data() + r * d, attended_.data() + r * d);
                      }
                      ops::matmul(self.out, attended_.data(), n, out, d);
@@ -529,15 +543,15 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
     residual_block(c.pre_norm, cross.norm_weight, cross.norm_bias, c.norm_eps, cross.out_bias, x, h_.data(),
                    o_.data(), n, d, [&](const float* in, float* out) {
                      ops::matmul(cross.q, in, n, q_.data(), d);
-                     const float* keys = cross_keys_.data() + l * source_tokens * d;
-                     const float* values = cross_values_.data() + l * source_tokens * d;
+                     const uint8_t* keys = cross_keys_.data() + l * source_tokens * d * kv_size_;
+                     const uint8_t* values = cross_values_.data() + l * source_tokens * d * kv_size_;
 #pragma omp parallel for schedule(dynamic, 1) if (n > 1 && n * longest_source_ * d > kParallelElements)
                      for (size_t block = 0; block < row_blocks_.size(); ++block) {
                        const auto [first, count] = row_blocks_[block];
                        for (int64_t r = first; r < first + count; ++r) add_bias_row(q_.data() + r * d, cross.q_bias, d);
                        const int32_t s = sentence_[first];
-                       attend_rows(q_.data() + first * d, count, keys, values, source_tokens, source_start_[s],
-                                   source_length_[s], attended_.data() + first * d);
+                       attend_rows(q_.data() + first * d, count, kv_type_, keys, values, source_tokens,
+                                   source_start_[s], source_length_[s], attended_.data() + first * d);
                      }
                      ops::matmul(cross.out, attended_.data(), n, out, d);
                    });
@@ -557,15 +571,15 @@ void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* 
   const EncDecConfig& c = model_->config();
   const int64_t d = c.d_model, n_keys = steps_ + 1;
   const int64_t thread = omp_get_thread_num();
-  const float** key_rows = key_rows_.data() + thread * scratch_keys_;
-  const float** value_rows = value_rows_.data() + thread * scratch_keys_;
+  const void** key_rows = key_rows_.data() + thread * scratch_keys_;
+  const void** value_rows = value_rows_.data() + thread * scratch_keys_;
   const int32_t* origin = origin_.data() + r * c.max_positions;
   for (int64_t p = 0; p < n_keys; ++p) {
-    const int64_t offset = ((p * c.decoder_layers + layer) * max_rows_ + origin[p]) * d;
+    const size_t offset = ((p * c.decoder_layers + layer) * max_rows_ + origin[p]) * d * kv_size_;
     key_rows[p] = self_keys_.data() + offset;
     value_rows[p] = self_values_.data() + offset;
   }
-  ops::attend(q, 1, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, c.head_dim,
+  ops::attend(q, 1, kv_type_, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, c.head_dim,
               scores_.data() + thread * scores_stride(), out);
 }
 
@@ -574,7 +588,7 @@ void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* 
 void EncDecState::grow_self_attention_cache(int64_t positions) {
   const EncDecConfig& c = model_->config();
   cache_positions_ = std::min<int64_t>(c.max_positions, std::max<int64_t>({positions, 2 * cache_positions_, 16}));
-  const size_t size = static_cast<size_t>(cache_positions_ * c.decoder_layers * max_rows_ * c.d_model);
+  const size_t size = static_cast<size_t>(cache_positions_ * c.decoder_layers * max_rows_ * c.d_model) * kv_size_;
   self_keys_.resize(size);
   self_values_.resize(size);
 }

@@ -106,7 +106,9 @@ class EncDecModel {
 
 class EncDecState final : public DecoderStep {
  public:
-  explicit EncDecState(std::shared_ptr<const EncDecModel> model) : model_(std::move(model)) {}
+  // kv_type: the decoder's caches (self- and cross-attention keys and values), F32 or F16. F16
+  // halves what each step reads from memory; F32 keeps an f32 model's logits to float rounding.
+  EncDecState(std::shared_ptr<const EncDecModel> model, DType kv_type);
 
   // Encodes a batch of sources given as their token ids one after another (`lengths[s]` ids for
   // sentence s, each at least 1 and at most max_positions), computes every decoder layer's
@@ -130,9 +132,9 @@ class EncDecState final : public DecoderStep {
   void embed(const ops::Matrix& table, const ops::Matrix& positions, const EncDecModel::Norm& norm,
              const int32_t* ids, const int32_t* positions_of, int64_t n, float* x);
   void feed_forward(const EncDecModel::FeedForward& w, const float* in, int64_t n, float* out);
-  void attend_rows(const float* q, int64_t n_q, const float* keys, const float* values, int64_t tokens, int64_t first,
-                   int64_t count, float* out);
-  void to_head_major(const float* rows, const float* bias, int64_t n, float* out) const;
+  void attend_rows(const float* q, int64_t n_q, DType type, const uint8_t* keys, const uint8_t* values, int64_t tokens,
+                   int64_t first, int64_t count, float* out);
+  void to_head_major(const float* rows, const float* bias, int64_t n, DType type, uint8_t* out) const;
   void attend_cache(int64_t layer, int64_t row, const float* q, float* out);
   void grow_self_attention_cache(int64_t positions);
   void ensure_thread_scratch(int64_t n_keys);
@@ -140,12 +142,15 @@ class EncDecState final : public DecoderStep {
 
   std::shared_ptr<const EncDecModel> model_;
   bool defer_logits_bias_ = false;
+  DType kv_type_;
+  size_t kv_size_;  // bytes per cached element
 
   // The source batch.
   std::vector<int32_t> source_start_, source_length_;  // per sentence, in encoder rows
   int64_t longest_source_ = 0;
   std::vector<float> encoder_out_;                     // [source tokens][d_model]
-  std::vector<float> cross_keys_, cross_values_;       // [decoder layer][head][source tokens][head_dim]
+  // Cross-attention keys and values as kv_type, [decoder layer][head][source tokens][head_dim].
+  std::vector<uint8_t> cross_keys_, cross_values_;
 
   // The decoder. A row's self-attention keys/values of position p live in the slot (the row
   // index at step p) of the row's ancestor at that step: origin_[row][p] names it. Reordering
@@ -154,7 +159,7 @@ class EncDecState final : public DecoderStep {
   int64_t rows_ = 0;             // rows of the last step
   int64_t steps_ = 0;            // positions decoded so far in this batch
   int64_t cache_positions_ = 0;  // capacity of the caches, in positions
-  std::vector<float> self_keys_, self_values_;  // [position][decoder layer][max_rows][d_model]
+  std::vector<uint8_t> self_keys_, self_values_;  // kv_type, [position][decoder layer][max_rows][d_model]
   std::vector<int32_t> origin_, next_origin_;   // [max_rows][cache_positions]
   std::vector<int32_t> sentence_, next_sentence_;  // the sentence of each row
   std::vector<int32_t> step_positions_;            // the position of every row: the step
@@ -163,12 +168,12 @@ class EncDecState final : public DecoderStep {
   // Activations, [rows][feature]: sized for the larger of a step's rows and the source tokens.
   // x: the residual stream; h: its normalized copy; o: a sublayer's output.
   std::vector<float> x_, h_, o_, q_, k_, v_, attended_, ffn_;
-  // The encoder layer's keys and values, [head][source tokens][head_dim].
-  std::vector<float> head_major_keys_, head_major_values_;
+  // The encoder layer's keys and values, f32, [head][source tokens][head_dim].
+  std::vector<uint8_t> head_major_keys_, head_major_values_;
   // Per OpenMP thread: attention scores and key/value row pointers.
   int64_t scratch_keys_ = 0;
   std::vector<float> scores_;  // scores_stride() floats per thread
-  std::vector<const float*> key_rows_, value_rows_;
+  std::vector<const void*> key_rows_, value_rows_;
 };
 
 }  // namespace octet

@@ -279,17 +279,17 @@ void activate(Activation activation, float* x, int64_t n) {
   }
 }
 
-void attend(const float* q, int64_t n_q, const float* const* keys, const float* const* values, int64_t n_keys,
-            int64_t n_heads, int64_t head_dim, int64_t head_stride, float* scratch, float* out) {
+void attend(const float* q, int64_t n_q, DType kv_type, const void* const* keys, const void* const* values,
+            int64_t n_keys, int64_t n_heads, int64_t head_dim, int64_t head_stride, float* scratch, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const int64_t row = n_heads * head_dim;
   for (int64_t h = 0; h < n_heads; ++h) {
     kernels::attend({.q = q + h * head_dim,
                      .q_stride = row,
                      .n_q = n_q,
-                     .kv_type = DType::F32,
-                     .keys = reinterpret_cast<const void* const*>(keys),
-                     .values = reinterpret_cast<const void* const*>(values),
+                     .kv_type = kv_type,
+                     .keys = keys,
+                     .values = values,
                      .offset = h * head_stride,
                      .n_keys = n_keys,
                      .head_dim = head_dim,

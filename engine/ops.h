@@ -104,14 +104,15 @@ void activate(Activation activation, float* x, int64_t n);
 // Bidirectional attention of n_q queries that share n_keys keys and values found through
 // pointers, so they may lie anywhere: a sentence's tokens in a packed batch (which is what a key
 // padding mask selects), a beam's cache positions written by its ancestors, a sentence's encoder
-// output shared by its beams. Head h of key j is the head_dim floats at keys[j] + h * head_stride:
-// head_stride is head_dim for rows with their heads side by side, and larger where each head's
-// vectors lie together (the head-major layout, where one head's keys are contiguous).
+// output shared by its beams. Head h of key j is the head_dim elements of kv_type (F32 or F16) at
+// keys[j] + h * head_stride elements: head_stride is head_dim for rows with their heads side by
+// side, and larger where each head's vectors lie together (the head-major layout, where one head's
+// keys are contiguous).
 //   out[i][h] = softmax_j(q[i][h] . keys[j][h] / sqrt(head_dim)) values[j][h]
 // q, out: [n_q][n_heads*head_dim]. scratch: kernels::attend_scratch_floats(n_q, n_keys, head_dim)
 // floats. A query's result has the same bits whatever queries share the call. Serial: callers run
 // many at once.
-void attend(const float* q, int64_t n_q, const float* const* keys, const float* const* values, int64_t n_keys,
-            int64_t n_heads, int64_t head_dim, int64_t head_stride, float* scratch, float* out);
+void attend(const float* q, int64_t n_q, DType kv_type, const void* const* keys, const void* const* values,
+            int64_t n_keys, int64_t n_heads, int64_t head_dim, int64_t head_stride, float* scratch, float* out);
 
 }  // namespace octet::ops

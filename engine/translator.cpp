@@ -75,7 +75,8 @@ std::vector<Part> split_sentences(std::string_view text) {
 
 }  // namespace
 
-Translator::Translator(std::shared_ptr<const EncDecModel> model) : model_(std::move(model)), state_(model_) {}
+Translator::Translator(std::shared_ptr<const EncDecModel> model, DType kv_type)
+    : model_(std::move(model)), state_(model_, kv_type) {}
 
 TranslationOptions Translator::default_options() const {
   const GenerationDefaults& g = model_->generation_defaults();

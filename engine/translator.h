@@ -41,7 +41,8 @@ using TranslationStream = std::function<bool(size_t sentence, std::string_view t
 
 class Translator {
  public:
-  explicit Translator(std::shared_ptr<const EncDecModel> model);
+  // kv_type: the decoder caches', F32 or F16 (EncDecState).
+  Translator(std::shared_ptr<const EncDecModel> model, DType kv_type);
 
   // The model's own defaults (its generation.* keys), for options the caller leaves alone.
   TranslationOptions default_options() const;

@@ -165,6 +165,10 @@ typedef struct octet_translator octet_translator;
 
 typedef struct octet_translator_params {
   int verify_checksums; /* 1 (default): check every tensor's checksum while loading */
+  /* The decoder's cached keys and values (self- and cross-attention): OCTET_KV_F16 (default,
+   * half the memory traffic of a step) or OCTET_KV_F32 (an f32 model's logits to float rounding);
+   * OCTET_KV_Q8_0 is refused (OCTET_ERR_INVALID_ARGUMENT). */
+  int32_t kv_type;
 } octet_translator_params;
 
 void octet_translator_params_init(octet_translator_params* params);

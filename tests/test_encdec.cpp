@@ -88,34 +88,28 @@ TEST_CASE("activations match their formulas") {
   }
 }
 
-TEST_CASE("attend over scattered key rows matches a naive softmax attention, in either layout") {
+TEST_CASE("attend over scattered key rows matches a naive softmax attention, in either layout, f32 or f16") {
   std::mt19937 rng(2);
   const int64_t n_heads = 4, head_dim = 16, d = n_heads * head_dim, n_keys = 9, n_rows = 20;
   const auto q = random_vector(rng, d, 1.0f);
   const auto memory_keys = random_vector(rng, n_rows * d, 1.0f), memory_values = random_vector(rng, n_rows * d, 1.0f);
   // Keys taken out of order from a larger buffer, as a beam's cache rows are.
   const int rows[n_keys] = {7, 2, 19, 0, 11, 11, 5, 13, 3};
-  std::vector<const float*> keys, values;
-  for (int r : rows) keys.push_back(memory_keys.data() + r * d), values.push_back(memory_values.data() + r * d);
-  std::vector<float> scores(kernels::attend_scratch_floats(1, n_keys, head_dim)), out(d);
-  ops::attend(q.data(), 1, keys.data(), values.data(), n_keys, n_heads, head_dim, head_dim, scores.data(), out.data());
   std::vector<double> expected(d);
   for (int64_t h = 0; h < n_heads; ++h) {
     std::vector<double> s(n_keys);
     double max = -1e300, sum = 0;
     for (int64_t j = 0; j < n_keys; ++j) {
-      for (int64_t i = 0; i < head_dim; ++i) s[j] += double(q[h * head_dim + i]) * keys[j][h * head_dim + i];
+      for (int64_t i = 0; i < head_dim; ++i) s[j] += double(q[h * head_dim + i]) * memory_keys[rows[j] * d + h * head_dim + i];
       s[j] /= std::sqrt(double(head_dim));
       max = std::max(max, s[j]);
     }
     for (double& v : s) sum += (v = std::exp(v - max));
     for (int64_t j = 0; j < n_keys; ++j)
-      for (int64_t i = 0; i < head_dim; ++i) expected[h * head_dim + i] += s[j] / sum * values[j][h * head_dim + i];
+      for (int64_t i = 0; i < head_dim; ++i)
+        expected[h * head_dim + i] += s[j] / sum * memory_values[rows[j] * d + h * head_dim + i];
   }
-  CHECK(relative_error(out, expected, d) < 1e-6);
-
-  // The same rows head-major ([head][row][head_dim]): the same arithmetic on the same values, so
-  // the same bits.
+  // The same rows head-major: [head][row][head_dim].
   std::vector<float> major_keys(n_rows * d), major_values(n_rows * d);
   for (int64_t r = 0; r < n_rows; ++r)
     for (int64_t h = 0; h < n_heads; ++h)
@@ -123,15 +117,34 @@ TEST_CASE("attend over scattered key rows matches a naive softmax attention, in 
         major_keys[(h * n_rows + r) * head_dim + i] = memory_keys[r * d + h * head_dim + i];
         major_values[(h * n_rows + r) * head_dim + i] = memory_values[r * d + h * head_dim + i];
       }
-  std::vector<const float*> major_key_rows, major_value_rows;
-  for (int r : rows) {
-    major_key_rows.push_back(major_keys.data() + r * head_dim);
-    major_value_rows.push_back(major_values.data() + r * head_dim);
-  }
-  std::vector<float> major_out(d);
-  ops::attend(q.data(), 1, major_key_rows.data(), major_value_rows.data(), n_keys, n_heads, head_dim,
-              n_rows * head_dim, scores.data(), major_out.data());
-  CHECK(major_out == out);
+  std::vector<float> scores(kernels::attend_scratch_floats(1, n_keys, head_dim));
+  // Element `index` of each buffer as kv_type, and attend over the chosen rows of it.
+  const auto run = [&](DType kv_type, const std::vector<float>& keys, const std::vector<float>& values, int64_t row,
+                       int64_t head_stride) {
+    const size_t size = kv_type == DType::F16 ? sizeof(uint16_t) : sizeof(float);
+    std::vector<uint8_t> key_bytes(keys.size() * size), value_bytes(values.size() * size);
+    kernels::quantize_row(kv_type, keys.data(), key_bytes.data(), static_cast<int64_t>(keys.size()));
+    kernels::quantize_row(kv_type, values.data(), value_bytes.data(), static_cast<int64_t>(values.size()));
+    std::vector<const void*> key_rows, value_rows;
+    for (int r : rows) {
+      key_rows.push_back(key_bytes.data() + r * row * size);
+      value_rows.push_back(value_bytes.data() + r * row * size);
+    }
+    std::vector<float> out(d);
+    ops::attend(q.data(), 1, kv_type, key_rows.data(), value_rows.data(), n_keys, n_heads, head_dim, head_stride,
+                scores.data(), out.data());
+    return out;
+  };
+  const auto side_by_side = run(DType::F32, memory_keys, memory_values, d, head_dim);
+  CHECK(relative_error(side_by_side, expected, d) < 1e-6);
+  // Head-major: the same arithmetic on the same values, so the same bits.
+  CHECK(run(DType::F32, major_keys, major_values, head_dim, n_rows * head_dim) == side_by_side);
+  // f16 keys and values: each rounded to 11 significant bits (relative error <= 2^-11), so the
+  // scores move by about 1e-3 at this scale and the output by a few 1e-4; 2e-3 leaves room, and an
+  // f16 path that read the wrong halves would be off by far more.
+  const auto half = run(DType::F16, major_keys, major_values, head_dim, n_rows * head_dim);
+  CHECK(relative_error(half, expected, d) < 2e-3);
+  CHECK(relative_error(half, expected, d) > 0);
 }
 
 // ---- A small random model against a double-precision forward pass ---------------------------
@@ -399,9 +412,9 @@ struct ForwardErrors {
 // Encodes three sentences of different lengths as one batch, then steps the decoder through a
 // beam-like schedule (one row per sentence, then 3 rows each, reordered, one sentence dropped),
 // checking every row's logits against the reference run on that row's whole history.
-ForwardErrors check_forward(const TinyEncDec& m, const std::string& path) {
+ForwardErrors check_forward(const TinyEncDec& m, const std::string& path, DType kv_type) {
   const auto model = EncDecModel::load(path);
-  EncDecState state(model);
+  EncDecState state(model, kv_type);
   const std::vector<std::vector<int32_t>> sources = {{5, 17, 300, 42, 2}, {9, 2}, {100, 200, 300, 400, 500, 7, 8, 2}};
   std::vector<int32_t> tokens, lengths;
   for (const auto& s : sources) tokens.insert(tokens.end(), s.begin(), s.end()), lengths.push_back(int32_t(s.size()));
@@ -459,12 +472,21 @@ TEST_CASE("the encoder and the cached, reordered decoder match a double-precisio
     CAPTURE(marian_like);
     const TinyEncDec m = make_tiny(marian_like, marian_like ? 11 : 12);
     write_tiny(m, (dir / "tiny.qbin").string());
-    const ForwardErrors e = check_forward(m, (dir / "tiny.qbin").string());
+    const ForwardErrors e = check_forward(m, (dir / "tiny.qbin").string(), DType::F32);
     MESSAGE(std::string(marian_like ? "post-norm" : "pre-norm") << " f32: encoder max rel error " << e.encoder
                                                                  << ", logits " << e.logits);
     CHECK(e.encoder < 1e-5);
     CHECK(e.logits < 1e-5);
     CHECK(e.top1_agree == e.rows);
+    // f16 caches round each cached key and value to 11 significant bits: the logits move by
+    // (measured) 4.4e-4 post-norm and 2.8e-4 pre-norm of the largest, asserted under 1e-3; an f16
+    // cache read as the wrong halves or rows moves them by far more. The encoder does not use them.
+    const ForwardErrors half = check_forward(m, (dir / "tiny.qbin").string(), DType::F16);
+    MESSAGE("  with f16 caches: logits " << half.logits);
+    CHECK(half.encoder == e.encoder);
+    CHECK(half.logits < 1e-3);
+    CHECK(half.logits > 0);
+    CHECK(half.top1_agree == half.rows);
   }
 }
 
@@ -484,7 +506,7 @@ TEST_CASE("quantized weights stay within measured bounds of the f32 reference") 
     for (const bool marian_like : {true, false}) {
       const TinyEncDec m = make_tiny(marian_like, 13);
       write_tiny(m, (dir / "tiny.qbin").string(), dtype);
-      const ForwardErrors e = check_forward(m, (dir / "tiny.qbin").string());
+      const ForwardErrors e = check_forward(m, (dir / "tiny.qbin").string(), DType::F16);
       MESSAGE(std::string(kernels::dtype_name(dtype)) << std::string(marian_like ? " post-norm" : " pre-norm") << ": encoder max rel error "
                                          << e.encoder << ", logits " << e.logits << ", top-1 " << e.top1_agree << "/"
                                          << e.rows);
@@ -522,7 +544,7 @@ TEST_CASE("step refuses rows and parents it was not prepared for") {
   TempDir dir("encdec_step");
   const TinyEncDec m = make_tiny(true, 11);
   write_tiny(m, (dir / "tiny.qbin").string());
-  EncDecState state(EncDecModel::load((dir / "tiny.qbin").string()));
+  EncDecState state(EncDecModel::load((dir / "tiny.qbin").string()), DType::F16);
   std::vector<float> logits(4 * kVocab);
   const std::vector<int32_t> one = {0};
   CHECK_THROWS_AS(state.step(one, one, logits.data()), Error);  // nothing encoded
@@ -535,6 +557,13 @@ TEST_CASE("step refuses rows and parents it was not prepared for") {
   CHECK_THROWS_AS(state.step(one, std::vector<int32_t>{kVocab}, logits.data()), Error);
   const std::vector<int32_t> too_long(49, 5), too_long_length = {49};
   CHECK_THROWS_AS(state.encode(too_long, too_long_length, 1), Error);
+  // The caches are f32 or f16.
+  try {
+    EncDecState q8_caches(EncDecModel::load((dir / "tiny.qbin").string()), DType::Q8_0);
+    FAIL("a q8_0 cache was accepted");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::InvalidArgument);
+  }
 }
 
 // ---- The translator ---------------------------------------------------------------------------
@@ -555,7 +584,7 @@ struct TinyTranslator {
   explicit TinyTranslator(bool marian_like = true) {
     path = (dir / "tiny.qbin").string();
     write_tiny(make_tiny(marian_like, 21), path);
-    translator = std::make_unique<Translator>(EncDecModel::load(path));
+    translator = std::make_unique<Translator>(EncDecModel::load(path), DType::F16);
   }
 };
 
@@ -844,7 +873,7 @@ struct GoldenErrors {
 
 GoldenErrors forward_errors(const std::string& path, const Golden& golden) {
   const auto model = EncDecModel::load(path);
-  EncDecState state(model);
+  EncDecState state(model, DType::F32);
   GoldenErrors e;
   const int64_t d = model->config().d_model, vocab = model->config().target_vocab_size;
   // Encoder outputs: every case alone, then all together in one packed batch.
@@ -915,7 +944,7 @@ TEST_CASE("MarianMT (f32): greedy and beam translations are transformers', in on
   for (const Golden& golden : marian_goldens()) {
     CAPTURE(golden.name);
     const std::string path = convert_model(test::test_data("marian/" + golden.name), dir, DType::F32, golden.name);
-    Translator translator(EncDecModel::load(path));
+    Translator translator(EncDecModel::load(path), DType::F32);
     // Marian's configs force EOS at max_length; the goldens reach it.
     REQUIRE(translator.model().generation_defaults().forced_eos_id == golden.json["eos_token_id"].get<int32_t>());
     // The empty text is among them: transformers translates its lone EOS.
@@ -1037,7 +1066,7 @@ TEST_CASE("the real CTranslate2 aren model transliterates, f32 and int8, greedy 
   for (const auto& [folder, quant] : models) {
     CAPTURE(folder.string());
     CAPTURE(std::string(kernels::dtype_name(quant)));
-    Translator translator(EncDecModel::load(convert_model(folder, dir, quant, folder.filename().string())));
+    Translator translator(EncDecModel::load(convert_model(folder, dir, quant, folder.filename().string())), DType::F16);
     for (const int32_t beam : {1, 4}) {
       CAPTURE(beam);
       TranslationOptions options = translator.default_options();
