@@ -163,6 +163,13 @@ class LogitsProcessors {
     }
   }
 
+  // Whether apply() on this sequence does no more than set scores to -inf.
+  bool only_forbid(std::span<const int32_t> sequence) const {
+    const int32_t generated = static_cast<int32_t>(sequence.size()) - 1;
+    return options_.repetition_penalty == 1.0f && !options_.renormalize_logits &&
+           !(options_.forced_eos_id >= 0 && generated + 1 == options_.max_length);
+  }
+
   // Returns the pending renormalization when `defer` is set (the scores are then left before it),
   // else {} (nothing pending).
   Shift apply(float* scores, std::span<const int32_t> sequence, bool defer = false) {
@@ -456,9 +463,17 @@ class Search {
     for (int32_t r = 0; r < rows; ++r) {
       float* x = logits(r);
       if (beam_ > 1) {
-        // The renormalization's log_softmax is not written out: top_candidates applies it.
-        log_softmax(x, vocab_, logits_bias_);
-        row_shifts_[r] = processors_.apply(x, history(r), /*defer=*/true);
+        // The last log_softmax is not written out: top_candidates applies it. When the processors
+        // only forbid tokens (-inf before the log_softmax is -inf after it), that is the model's
+        // log_softmax itself, which saves a pass over the row; else the renormalization's.
+        const Shift shift = log_softmax_shift(x, vocab_, logits_bias_);
+        if (processors_.only_forbid(history(r))) {
+          processors_.apply(x, history(r));
+          row_shifts_[r] = shift;
+        } else {
+          apply_shift(x, vocab_, shift);
+          row_shifts_[r] = processors_.apply(x, history(r), /*defer=*/true);
+        }
         row_counts_[r] =
             top_candidates(r, rows_.scores[r], row_shifts_[r], row_candidates_.data() + static_cast<size_t>(r) * keep_);
         continue;
