@@ -453,13 +453,19 @@ void EncDecState::to_head_major(const float* rows, const float* bias, int64_t n,
   const EncDecConfig& c = model_->config();
   const int64_t hd = c.head_dim;
   const size_t vector_bytes = kernels::row_bytes(type, hd);
-#pragma omp parallel for if (n * c.d_model > kParallelWork)
-  for (int64_t h = 0; h < c.n_heads; ++h) {
-    std::vector<float> slice(hd);
+  // Row by row: each source row is read once, in order.
+#pragma omp parallel if (n * c.d_model > kParallelWork)
+  {
+    std::vector<float> row(bias ? c.d_model : 0);
+#pragma omp for
     for (int64_t i = 0; i < n; ++i) {
-      const float* from = rows + i * c.d_model + h * hd;
-      for (int64_t e = 0; e < hd; ++e) slice[e] = bias ? from[e] + bias[h * hd + e] : from[e];
-      kernels::quantize_row(type, slice.data(), out + (h * n + i) * vector_bytes, hd);
+      const float* from = rows + i * c.d_model;
+      if (bias) {
+        for (int64_t e = 0; e < c.d_model; ++e) row[e] = from[e] + bias[e];
+        from = row.data();
+      }
+      for (int64_t h = 0; h < c.n_heads; ++h)
+        kernels::quantize_row(type, from + h * hd, out + (h * n + i) * vector_bytes, hd);
     }
   }
 }
