@@ -283,7 +283,19 @@ void attend(const float* q, int64_t n_q, DType kv_type, const void* const* keys,
             int64_t n_keys, int64_t n_heads, int64_t head_dim, int64_t head_stride, float* scratch, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const int64_t row = n_heads * head_dim;
+  // Head-major, a head's keys and values are short runs far from the last head's, which the
+  // hardware prefetchers cannot lock onto in time: while a head is attended, the next head's are
+  // fetched. Translation cross-attention: greedy -15%, beam 4 -10%. (Side by side, the next head
+  // is the neighbouring lines, which the hardware fetches already: there it cost 3-4%.)
+  const bool head_major = head_stride != head_dim;
+  const size_t slice_bytes = kernels::row_bytes(kv_type, head_dim), stride_bytes = kernels::row_bytes(kv_type, head_stride);
   for (int64_t h = 0; h < n_heads; ++h) {
+    if (head_major && h + 1 < n_heads)
+      for (int64_t j = 0; j < n_keys; ++j)
+        for (size_t line = 0; line < slice_bytes; line += 64) {
+          __builtin_prefetch(static_cast<const char*>(keys[j]) + (h + 1) * stride_bytes + line);
+          __builtin_prefetch(static_cast<const char*>(values[j]) + (h + 1) * stride_bytes + line);
+        }
     kernels::attend({.q = q + h * head_dim,
                      .q_stride = row,
                      .n_q = n_q,
