@@ -34,12 +34,15 @@ an empty line is translated like any other (as transformers does: Marian's sourc
   --batch-size N        sentences per batch (default 32)
   --prefix TEXT         every translation starts with TEXT
   --threads N           threads (default: all cores)
+  --kv-type T           the decoder's cached keys and values: f16 (default, half the memory
+                          traffic) or f32
   --stream              print each translation as it settles (one sentence at a time)
   --quiet               no progress or summary on stderr
 )";
 
 struct Options {
   std::string model, input, output, prefix;
+  int32_t kv_type = OCTET_KV_F16;
   int32_t beam = 0, n_best = 1, batch_size = 0, max_length = 0, threads = 0;
   float length_penalty = 0, max_length_ratio = 0;
   bool has_length_penalty = false, scores = false, stream = false, quiet = false;
@@ -91,6 +94,11 @@ Options parse_arguments(int argc, char** argv) {
       else if (flag == "--threads") o.threads = parse_integer(flag, value, 1);
       else if (flag == "--max-length-ratio") o.max_length_ratio = parse_number(flag, value);
       else if (flag == "--length-penalty") o.length_penalty = parse_number(flag, value), o.has_length_penalty = true;
+      else if (flag == "--kv-type") {
+        if (std::string(value) == "f16") o.kv_type = OCTET_KV_F16;
+        else if (std::string(value) == "f32") o.kv_type = OCTET_KV_F32;
+        else die("--kv-type: \"" + std::string(value) + "\" is not f16 or f32");
+      }
       else die("unknown option " + flag + " (see --help)");
     }
   }
@@ -152,7 +160,10 @@ int main(int argc, char** argv) {
   const Options options = parse_arguments(argc, argv);
 
   octet_translator* translator = nullptr;
-  if (octet_translator_load(options.model.c_str(), nullptr, &translator) != OCTET_OK) {
+  octet_translator_params load_params;
+  octet_translator_params_init(&load_params);
+  load_params.kv_type = options.kv_type;
+  if (octet_translator_load(options.model.c_str(), &load_params, &translator) != OCTET_OK) {
     die("loading " + options.model + ": " + octet_last_error());
   }
   octet_translate_params params;

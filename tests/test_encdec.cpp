@@ -794,6 +794,15 @@ TEST_CASE("translate: one line out per line in, in order, empty lines kept, any 
   const auto streamed = read_lines(stream_path);
   REQUIRE(streamed.size() == sentences.size());
   for (size_t i = 0; i < streamed.size(); ++i) CHECK(streamed[i] == expected[i][0].text);
+  // --kv-type f32: an f32-cache translator's lines; an unknown type is refused.
+  Translator f32_caches(EncDecModel::load(tiny.path), DType::F32);
+  const auto expected_f32 = f32_caches.translate(sentences, o);
+  const auto f32_path = tiny.dir / "f32.txt";
+  REQUIRE(run_command(app + " --kv-type f32 --output " + f32_path.string()) == 0);
+  const auto f32_lines = read_lines(f32_path);
+  REQUIRE(f32_lines.size() == sentences.size());
+  for (size_t i = 0; i < f32_lines.size(); ++i) CHECK(f32_lines[i] == expected_f32[i][0].text);
+  CHECK(run_command(app + " --kv-type q8_0 --output " + f32_path.string() + " 2> " + (tiny.dir / "kv.txt").string()) != 0);
 
   // Invalid UTF-8: a non-zero exit naming the line.
   const std::string bad = "fine\n\nbad \xFF line\n";
