@@ -283,7 +283,7 @@ inline void add_bias_row(float* row, const float* bias, int64_t d) {
 }  // namespace
 
 EncDecState::EncDecState(std::shared_ptr<const EncDecModel> model, DType kv_type)
-    : model_(std::move(model)), kv_type_(kv_type), kv_size_(kv_type == DType::F16 ? sizeof(uint16_t) : sizeof(float)) {
+    : model_(std::move(model)), kv_type_(kv_type), kv_size_(kernels::row_bytes(kv_type, 1)) {
   if (kv_type != DType::F32 && kv_type != DType::F16)
     fail(ErrorCode::InvalidArgument, std::string("translation caches are f32 or f16, not ") + kernels::dtype_name(kv_type));
 }
