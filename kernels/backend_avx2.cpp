@@ -35,7 +35,7 @@ float hmax(__m256 v) {
 }
 
 // Same arithmetic as the scalar quantizer (a true division, ties to even), so the same bytes.
-void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
+void quantize_act(const float* x, BlockQ8A* out, int64_t k, int32_t* sums) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i byte_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t b = 0; b < k / kBlockSize; ++b, x += kBlockSize) {
@@ -48,6 +48,7 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
     if (d == 0) {
       _mm256_storeu_si256((__m256i*)out[b].qs, _mm256_setzero_si256());
       out[b].s = 0;
+      if (sums) sums[b] = 0;
       continue;
     }
     const __m256 vd = _mm256_set1_ps(d);
@@ -59,6 +60,7 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
     const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     _mm256_storeu_si256((__m256i*)out[b].qs, _mm256_permutevar8x32_epi32(bytes, byte_order));
     out[b].s = d * (float)sum;
+    if (sums) sums[b] = sum;
   }
 }
 
@@ -179,7 +181,7 @@ inline __m256i broadcast4(const int8_t* p) {
 }
 
 template <DType T, int R>
-void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
+void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* sums,
                  float* y, int64_t ldy) {
   constexpr size_t kQb = T == DType::Q8_0 ? 512 : 256;
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(group);
@@ -225,7 +227,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
       }
       for (int r = 0; r < R; ++r)
         for (int h = 0; h < 2; ++h)
-          s[r][h] = _mm256_add_epi32(_mm256_set1_epi32(corr[r * nb + b]), _mm256_madd_epi16(pairs[r][h], ones));
+          s[r][h] = _mm256_add_epi32(_mm256_set1_epi32(offset_correction<T>(sums[r * nb + b])), _mm256_madd_epi16(pairs[r][h], ones));
     }
     __m256 dw[2];
     for (int h = 0; h < 2; ++h)

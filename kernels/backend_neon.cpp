@@ -24,7 +24,7 @@ float half_to_float(uint16_t bits) {
 
 // Same arithmetic as the scalar quantizer (fmax-style amax, a true division, ties to even, NaN
 // clamped to -127), so the same bytes.
-void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
+void quantize_act(const float* x, BlockQ8A* out, int64_t k, int32_t* sums) {
   const float32x4_t lowest = vdupq_n_f32(-127.0f), highest = vdupq_n_f32(127.0f);
   for (int64_t b = 0; b < k / kBlockSize; ++b, x += kBlockSize) {
     float32x4_t v[8];
@@ -38,6 +38,7 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
     if (d == 0) {
       std::memset(out[b].qs, 0, kBlockSize);
       out[b].s = 0;
+      if (sums) sums[b] = 0;
       continue;
     }
     const float32x4_t vd = vdupq_n_f32(d);
@@ -54,7 +55,9 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
       const int16x8_t hi = vcombine_s16(vmovn_s32(q[4 * i + 2]), vmovn_s32(q[4 * i + 3]));
       vst1q_s8(out[b].qs + 16 * i, vcombine_s8(vmovn_s16(lo), vmovn_s16(hi)));
     }
-    out[b].s = d * (float)vaddvq_s32(sum);
+    const int32_t total = vaddvq_s32(sum);
+    out[b].s = d * (float)total;
+    if (sums) sums[b] = total;
   }
 }
 
@@ -161,7 +164,7 @@ void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float*
 // are exact and the float steps are the reference's (convert, dw * dx, fused multiply-add in
 // block order), so the bits are the reference's.
 template <DType T, int R>
-void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
+void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* sums,
                  float* y, int64_t ldy) {
   constexpr size_t kQb = T == DType::Q8_0 ? 512 : 256;
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(group);
@@ -173,7 +176,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     const uint8_t* q = quants + b * kQb;
     int32x4_t s[R][4];
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < 4; ++j) s[r][j] = vdupq_n_s32(T == DType::Q8_0 ? 0 : corr[r * nb + b]);
+      for (int j = 0; j < 4; ++j) s[r][j] = vdupq_n_s32(T == DType::Q8_0 ? 0 : offset_correction<T>(sums[r * nb + b]));
     int8x16_t xv[R][2];
     for (int r = 0; r < R; ++r) xv[r][0] = vld1q_s8(x[r * nb + b].qs), xv[r][1] = vld1q_s8(x[r * nb + b].qs + 16);
     // Chunk c (Q8_0) or half-vector (Q4_0) multiplies activation bytes 4c..4c+3: vector c / 4, lane c % 4.

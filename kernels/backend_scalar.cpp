@@ -11,7 +11,7 @@ namespace octet::kernels {
 
 namespace {
 
-void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
+void quantize_act(const float* x, BlockQ8A* out, int64_t k, int32_t* sums) {
   for (int64_t b = 0; b < k / kBlockSize; ++b, x += kBlockSize) {
     float amax = 0;
     for (int j = 0; j < kBlockSize; ++j) amax = std::fmax(amax, std::fabs(x[j]));
@@ -26,6 +26,7 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k) {
     }
     out[b].d = d;
     out[b].s = d * (float)sum;
+    if (sums) sums[b] = sum;
   }
 }
 

@@ -96,7 +96,7 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
     act = calling_thread_scratch<BlockQ8A>((size_t)M * (size_t)(K / kBlockSize));
     x_base = reinterpret_cast<const char*>(act);
     x_stride = (size_t)(K / kBlockSize) * sizeof(BlockQ8A);
-    if (quantize_before_region(M)) backend.quantize_act(X, act, K);
+    if (quantize_before_region(M)) backend.quantize_act(X, act, K, nullptr);
   }
 
   int64_t chunk_rows = units_per_chunk(w_stride, N);
@@ -108,7 +108,7 @@ void matmul(DType wtype, const void* W, int64_t N, int64_t K, const float* X, in
   {
     if (quantized && !quantize_before_region(M)) {
 #pragma omp for schedule(static)
-      for (int64_t m = 0; m < M; ++m) backend.quantize_act(X + m * K, act + m * (K / kBlockSize), K);
+      for (int64_t m = 0; m < M; ++m) backend.quantize_act(X + m * K, act + m * (K / kBlockSize), K, nullptr);
     }
     // Dynamic: on a loaded machine a descheduled thread's chunks go to the other threads. Which
     // thread computes an output does not change its bits.
@@ -142,9 +142,9 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
   const DotBlockFn dot_block = backend.dot_block[(int)wtype];
   const int64_t nb = K / kBlockSize;
 
-  // Activation blocks and their offset corrections, as in matmul: once for all the products.
+  // Activation blocks and their sums, as in matmul: once for all the products.
   BlockQ8A* act = calling_thread_scratch<BlockQ8A>((size_t)M * (size_t)nb);
-  int32_t* corr = calling_thread_scratch<int32_t>((size_t)M * (size_t)nb);
+  int32_t* sums = calling_thread_scratch<int32_t>((size_t)M * (size_t)nb);
   const size_t x_stride = (size_t)nb * sizeof(BlockQ8A);
 
   // Per product: chunks of whole groups, sized like matmul's over all the products' groups, then
@@ -164,10 +164,7 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
   }
   const int64_t chunks = first_chunk[products.size()];
 
-  const auto quantize_row = [&](int64_t m) {
-    backend.quantize_act(X + m * K, act + m * nb, K);
-    packed_corrections(wtype, act + m * nb, nb, corr + m * nb);
-  };
+  const auto quantize_row = [&](int64_t m) { backend.quantize_act(X + m * K, act + m * nb, K, sums + m * nb); };
   if (quantize_before_region(M)) quantize_row(0);
 
 #pragma omp parallel if (M * total_rows * K >= kMinParallelMacs)
@@ -188,7 +185,7 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
         const int64_t g1 = std::min(w.groups, g0 + chunk_groups);
         for (int64_t m0 = 0; m0 < M; m0 += kPackedTileRows) {
           const int rows = (int)std::min<int64_t>(kPackedTileRows, M - m0);
-          tile(w.group(g0), w.group_bytes, g1 - g0, w.quant_offset, nb, act + m0 * nb, corr + m0 * nb, rows,
+          tile(w.group(g0), w.group_bytes, g1 - g0, w.quant_offset, nb, act + m0 * nb, sums + m0 * nb, rows,
                Y + m0 * ldy + g0 * kPackRows, ldy);
         }
       } else {

@@ -79,7 +79,7 @@ std::vector<float> quantized_activations(const std::vector<float>& x, int64_t ro
   std::vector<BlockQ8A> blocks(k / kBlockSize);
   std::vector<float> out(rows * k);
   for (int64_t r = 0; r < rows; ++r) {
-    scalar_backend().quantize_act(x.data() + r * k, blocks.data(), k);
+    scalar_backend().quantize_act(x.data() + r * k, blocks.data(), k, nullptr);
     for (int64_t i = 0; i < k; ++i) out[r * k + i] = blocks[i / kBlockSize].d * blocks[i / kBlockSize].qs[i % kBlockSize];
   }
   return out;
@@ -346,7 +346,7 @@ TEST_CASE("activation quantizer: ties to even, s = d * sum(q), |x - d q| <= d/2"
   x[0] = 127.0f;  // d = 1, so the others are exact ties
   for (int j = 1; j < kBlockSize; ++j) x[j] = (float)(j - 16) + 0.5f;
   BlockQ8A blk;
-  scalar_backend().quantize_act(x.data(), &blk, kBlockSize);
+  scalar_backend().quantize_act(x.data(), &blk, kBlockSize, nullptr);
   CHECK(blk.d == 1.0f);
   int sum = 0;
   for (int j = 0; j < kBlockSize; ++j) {
@@ -357,7 +357,7 @@ TEST_CASE("activation quantizer: ties to even, s = d * sum(q), |x - d q| <= d/2"
   CHECK(blk.s == (float)sum);
 
   for (const std::vector<float>& b : test_blocks()) {
-    scalar_backend().quantize_act(b.data(), &blk, kBlockSize);
+    scalar_backend().quantize_act(b.data(), &blk, kBlockSize, nullptr);
     sum = 0;
     for (int j = 0; j < kBlockSize; ++j) {
       REQUIRE(std::fabs(blk.d * blk.qs[j] - b[j]) <= blk.d / 2 + 4 * FLT_EPSILON * std::fabs(b[j]));
@@ -378,17 +378,28 @@ TEST_CASE("every backend quantizes activations to the same bytes as the scalar o
     b[0] = 127.0f;
     x.insert(x.end(), b.begin(), b.end());
   }
-  const int64_t k = (int64_t)x.size();
-  std::vector<BlockQ8A> ref(k / kBlockSize), got(k / kBlockSize);
-  scalar_backend().quantize_act(x.data(), ref.data(), k);
-  for (const std::string& name : backends()) {
-    CAPTURE(name);
-    find_backend(name.c_str())->quantize_act(x.data(), got.data(), k);
-    for (int64_t b = 0; b < k / kBlockSize; ++b) {
-      CAPTURE(b);
-      REQUIRE(got[b].d == ref[b].d);
-      REQUIRE(got[b].s == ref[b].s);
-      REQUIRE(std::memcmp(got[b].qs, ref[b].qs, kBlockSize) == 0);
+  const int64_t all = (int64_t)x.size() / kBlockSize;
+  REQUIRE(all > 17);
+  // Lengths around the AVX-512 kernel's groups of 16 blocks, and all of them (not a multiple of 16).
+  for (int64_t blocks : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{17}, all}) {
+    CAPTURE(blocks);
+    const int64_t k = blocks * kBlockSize;
+    std::vector<BlockQ8A> ref(blocks), got(blocks);
+    std::vector<int32_t> sums(blocks + 1, -1);  // one past the end must stay untouched
+    scalar_backend().quantize_act(x.data(), ref.data(), k, nullptr);
+    for (const std::string& name : backends()) {
+      CAPTURE(name);
+      find_backend(name.c_str())->quantize_act(x.data(), got.data(), k, sums.data());
+      for (int64_t b = 0; b < blocks; ++b) {
+        CAPTURE(b);
+        REQUIRE(got[b].d == ref[b].d);
+        REQUIRE(got[b].s == ref[b].s);
+        REQUIRE(std::memcmp(got[b].qs, ref[b].qs, kBlockSize) == 0);
+        int32_t sum = 0;
+        for (int j = 0; j < kBlockSize; ++j) sum += ref[b].qs[j];
+        REQUIRE(sums[b] == sum);
+      }
+      REQUIRE(sums[blocks] == -1);
     }
   }
 }
@@ -594,7 +605,7 @@ TEST_CASE("tile functions: rows 1..kTileRows give each row the bits of a one-row
       const void* xp = x.data();
       size_t x_stride = (size_t)k * sizeof(float);
       if (is_quantized(t)) {
-        for (int r = 0; r < kTileRows; ++r) scalar_backend().quantize_act(x.data() + r * k, act.data() + r * (k / kBlockSize), k);
+        for (int r = 0; r < kTileRows; ++r) scalar_backend().quantize_act(x.data() + r * k, act.data() + r * (k / kBlockSize), k, nullptr);
         xp = act.data();
         x_stride = (size_t)(k / kBlockSize) * sizeof(BlockQ8A);
       }
