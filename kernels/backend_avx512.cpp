@@ -27,7 +27,7 @@ namespace {
 // leaves vector 4s + r at lane 4r + s, put back in order. 15 x 3 operations for 16 vectors, where
 // a reduction per vector takes 16 x 8.
 template <class Op>
-__m512 across_each(const __m512* v, Op op) {
+[[gnu::always_inline]] inline __m512 across_each(const __m512* v, Op op) {
   __m512 a[8], b[4], c[2];
   for (int m = 0; m < 8; ++m)
     a[m] = op(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
@@ -67,22 +67,25 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k, int32_t* sums) {
     alignas(64) float ds[kGroup];
     _mm512_store_ps(ds, d);
     for (int j = 0; j < kGroup; ++j) {
-      sum[j] = zero;
-      if (j >= n) continue;
-      BlockQ8A& block = out[b0 + j];
-      block.d = ds[j];
-      if (ds[j] == 0) {
-        _mm256_storeu_si256((__m256i*)block.qs, _mm256_setzero_si256());
-        continue;
+      __m512 block_sum = zero;  // one store per j: GCC turned a zeroing loop first into rep stos
+      if (j < n) {
+        BlockQ8A& block = out[b0 + j];
+        block.d = ds[j];
+        if (ds[j] == 0) {
+          _mm256_storeu_si256((__m256i*)block.qs, _mm256_setzero_si256());
+        } else {
+          const __m512 vd = _mm512_set1_ps(ds[j]);
+          for (int h = 0; h < 2; ++h) {
+            const __m512 r =
+                _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + j * kBlockSize + 16 * h), vd), kNearest);
+            // As the scalar clamp: vmaxps gives -127 for a NaN r.
+            const __m512 q = _mm512_min_ps(_mm512_max_ps(r, lowest), highest);
+            _mm_storeu_si128((__m128i*)(block.qs + 16 * h), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)));
+            block_sum = _mm512_add_ps(block_sum, q);
+          }
+        }
       }
-      const __m512 vd = _mm512_set1_ps(ds[j]);
-      for (int h = 0; h < 2; ++h) {
-        const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + j * kBlockSize + 16 * h), vd), kNearest);
-        // As the scalar clamp: vmaxps gives -127 for a NaN r.
-        const __m512 q = _mm512_min_ps(_mm512_max_ps(r, lowest), highest);
-        _mm_storeu_si128((__m128i*)(block.qs + 16 * h), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)));
-        sum[j] = _mm512_add_ps(sum[j], q);
-      }
+      sum[j] = block_sum;
     }
     const __m512 total = across_each(sum, kAdd);
     alignas(64) float scaled[kGroup];
