@@ -79,13 +79,18 @@ template <class F>
 
 inline Floats broadcast(float value) { return Floats{value, value, value, value}; }
 
-// The largest of x[0, n), NaN ignored; `nan` tells whether there was one. With a bias, x += bias
-// first, in the same pass.
-float row_max(float* x, const float* bias, int32_t n, bool& nan) {
+// Logits per span of a row whose largest value row_max can record: top_candidates skips the spans
+// whose largest value cannot rank (most of a row: the beams' best few are a handful of spans).
+constexpr int32_t kSpan = 256;
+constexpr int32_t spans_of(int32_t n) { return (n + kSpan - 1) / kSpan; }
+
+// The largest of x[begin, end), NaN ignored, whether there was a NaN in `nan`; with a bias,
+// x += bias first, in the same pass.
+float range_max(float* x, const float* bias, int32_t begin, int32_t end, bool& nan) {
   Floats m0 = broadcast(kNegInf), m1 = m0;
   Ints nans{};
-  int32_t i = 0;
-  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+  int32_t i = begin;
+  for (; i + 2 * kLanes <= end; i += 2 * kLanes) {
     Floats v0 = load<Floats>(x + i), v1 = load<Floats>(x + i + kLanes);
     if (bias) {
       v0 += load<Floats>(bias + i);
@@ -104,12 +109,27 @@ float row_max(float* x, const float* bias, int32_t n, bool& nan) {
     m = m0[k] > m ? m0[k] : m;
     any = any || nans[k] != 0;
   }
-  for (; i < n; ++i) {
+  for (; i < end; ++i) {
     if (bias) x[i] += bias[i];
     m = x[i] > m ? x[i] : m;
     any = any || x[i] != x[i];
   }
   nan = any;
+  return m;
+}
+
+// The largest of x[0, n), NaN ignored, and of each span of kSpan in span_max (when not null);
+// `nan` tells whether there was a NaN. With a bias, x += bias first, in the same pass.
+float row_max(float* x, const float* bias, int32_t n, bool& nan, float* span_max = nullptr) {
+  float m = kNegInf;
+  nan = false;
+  for (int32_t begin = 0; begin < n; begin += kSpan) {
+    bool span_nan;
+    const float span = range_max(x, bias, begin, std::min(n, begin + kSpan), span_nan);
+    if (span_max) span_max[begin / kSpan] = span;
+    m = span > m ? span : m;
+    nan = nan || span_nan;
+  }
   return m;
 }
 
@@ -121,10 +141,10 @@ struct Shift {
 };
 
 // The log_softmax of x, NaN turned into -inf in place; `bias`, when not null, is first added to x
-// in place. A row all -inf stays as it is.
-Shift log_softmax_shift(float* x, int32_t n, const float* bias = nullptr) {
+// in place, and span_max gets row_max's. A row all -inf stays as it is.
+Shift log_softmax_shift(float* x, int32_t n, const float* bias = nullptr, float* span_max = nullptr) {
   bool nan;
-  const float max = row_max(x, bias, n, nan);
+  const float max = row_max(x, bias, n, nan, span_max);
   if (nan)
     for (int32_t i = 0; i < n; ++i)
       if (std::isnan(x[i])) x[i] = kNegInf;
@@ -287,6 +307,8 @@ class Search {
     row_candidates_.resize(max_rows * keep_);
     row_counts_.resize(max_rows);
     row_shifts_.resize(max_rows);
+    span_max_.resize(max_rows * spans_of(vocab_));
+    row_bounded_.resize(max_rows);
     row_tokens_.resize(max_rows);
     row_logprobs_.resize(max_rows);
     virtual_candidates_.resize(keep_);
@@ -377,6 +399,7 @@ class Search {
     return {rows_.history.data() + static_cast<size_t>(row) * stride_, static_cast<size_t>(generated_) + 1};
   }
   float* logits(int32_t row) { return logits_.data() + static_cast<size_t>(row) * vocab_; }
+  float* row_span_max(int32_t row) { return span_max_.data() + static_cast<size_t>(row) * spans_of(vocab_); }
 
   // Appends to next_ a row continuing `row` with `token`.
   void push_row(int32_t row, int32_t token, float score) {
@@ -466,14 +489,19 @@ class Search {
         // The last log_softmax is not written out: top_candidates applies it. When the processors
         // only forbid tokens (-inf before the log_softmax is -inf after it), that is the model's
         // log_softmax itself, which saves a pass over the row; else the renormalization's.
-        const Shift shift = log_softmax_shift(x, vocab_, logits_bias_);
+        // Forbidding only lowers logits, so the spans' maxima stay upper bounds; other processors
+        // move them, and then every span is read.
+        float* span_max = row_span_max(r);
+        const Shift shift = log_softmax_shift(x, vocab_, logits_bias_, span_max);
         if (processors_.only_forbid(history(r))) {
           processors_.apply(x, history(r));
           row_shifts_[r] = shift;
         } else {
           apply_shift(x, vocab_, shift);
           row_shifts_[r] = processors_.apply(x, history(r), /*defer=*/true);
+          span_max = nullptr;
         }
+        row_bounded_[r] = span_max != nullptr;
         row_counts_[r] =
             top_candidates(r, rows_.scores[r], row_shifts_[r], row_candidates_.data() + static_cast<size_t>(r) * keep_);
         continue;
@@ -550,23 +578,30 @@ class Search {
   // The best keep_ of beam_score + log-prob over the row's tokens into `list`, best first, equal
   // scores by id; returns how many (keep_: the vocabulary is at least that large). The log-probs
   // are the row's values after `shift` (the same float operations as writing it out first).
-  // Blocks of tokens are first tested at once against the current keep_-th score.
-  int32_t top_candidates(int32_t row, float beam_score, Shift shift, Candidate* list) const {
-    const float* x = logits_.data() + static_cast<size_t>(row) * vocab_;
+  // A span whose recorded maximum (row_bounded_) cannot beat the current keep_-th score is skipped:
+  // the score is monotone in the logit, so none of its tokens could. Blocks of tokens are first
+  // tested at once against that score.
+  int32_t top_candidates(int32_t row, float beam_score, Shift shift, Candidate* list) {
+    const float* x = logits(row);
+    const float* span_max = row_bounded_[row] ? row_span_max(row) : nullptr;
     const float max = shift.max, log_sum = shift.log_sum;
     int32_t count = 0, id = 0;
     for (; id < vocab_ && count < keep_; ++id) offer(list, count, {beam_score + ((x[id] - max) - log_sum), row, id});
     constexpr int32_t kBlock = 64;
-    for (; id < vocab_; id += kBlock) {
-      const int32_t end = std::min(vocab_, id + kBlock);
-      const float threshold = list[keep_ - 1].score;
-      int32_t above = 0;
+    for (int32_t span_end; id < vocab_; id = span_end) {
+      span_end = std::min(vocab_, (id / kSpan + 1) * kSpan);
+      if (span_max && !(beam_score + ((span_max[id / kSpan] - max) - log_sum) > list[keep_ - 1].score)) continue;
+      for (int32_t block = id; block < span_end; block += kBlock) {
+        const int32_t end = std::min(span_end, block + kBlock);
+        const float threshold = list[keep_ - 1].score;
+        int32_t above = 0;
 #pragma omp simd reduction(+ : above)
-      for (int32_t i = id; i < end; ++i) above += beam_score + ((x[i] - max) - log_sum) > threshold;
-      if (above == 0) continue;
-      for (int32_t i = id; i < end; ++i) {
-        const float score = beam_score + ((x[i] - max) - log_sum);
-        if (score > list[keep_ - 1].score) offer(list, count, {score, row, i});
+        for (int32_t i = block; i < end; ++i) above += beam_score + ((x[i] - max) - log_sum) > threshold;
+        if (above == 0) continue;
+        for (int32_t i = block; i < end; ++i) {
+          const float score = beam_score + ((x[i] - max) - log_sum);
+          if (score > list[keep_ - 1].score) offer(list, count, {score, row, i});
+        }
       }
     }
     return count;
@@ -656,6 +691,8 @@ class Search {
   std::vector<Candidate> row_candidates_;      // keep_ per row of the step: its best
   std::vector<int32_t> row_counts_;            // how many of them
   std::vector<Shift> row_shifts_;              // the log_softmax each row's logits still need
+  std::vector<float> span_max_;                // per row, spans_of(vocab_): each span's largest logit
+  std::vector<uint8_t> row_bounded_;           // whether span_max_ bounds the row's logits
   std::vector<int32_t> row_tokens_;            // greedy: each row's argmax
   std::vector<float> row_logprobs_;            // and its log-prob
   std::vector<Candidate> virtual_candidates_;  // the first step's virtual beams
