@@ -511,7 +511,8 @@ class Search {
       if (sampler_) continue;
       // The first of equal maxima (std::max_element), then its log_softmax.
       bool nan;
-      const float max = row_max(x, nullptr, vocab_, nan);
+      float* span_max = row_span_max(r);
+      const float max = row_max(x, nullptr, vocab_, nan, span_max);
       if (nan) {
         const int32_t token = static_cast<int32_t>(std::max_element(x, x + vocab_) - x);
         log_softmax(x, vocab_);
@@ -519,7 +520,10 @@ class Search {
         row_logprobs_[r] = x[token];
         continue;
       }
-      int32_t token = 0;
+      // The first maximum is in the first span whose maximum it is.
+      int32_t span = 0;
+      while (span < spans_of(vocab_) - 1 && !(span_max[span] == max)) ++span;
+      int32_t token = span * kSpan;
       while (token < vocab_ - 1 && !(x[token] == max)) ++token;
       row_tokens_[r] = token;
       row_logprobs_[r] = max == kNegInf ? kNegInf
