@@ -16,7 +16,7 @@ constexpr int kTileRows = 4;
 // Quantizes k floats (k a multiple of kBlockSize) to k / kBlockSize activation blocks with
 // d = amax / 127 and q = round-half-to-even(x / d). Every backend must produce exactly the bytes
 // of the scalar one, so that all backends multiply the same integers. When `sums` is not null,
-// sums[b] = the sum of block b's qs (for the packed kernels, PackedTileFn).
+// sums[b] = the sum of block b's qs (the packed kernels' corrections come from it).
 using QuantizeActFn = void (*)(const float* x, BlockQ8A* out, int64_t k, int32_t* sums);
 
 // For one weight row w of k elements and `rows` (1..kTileRows) activation rows:
@@ -55,20 +55,13 @@ constexpr uintptr_t kPrefetchBytes = 8192;
 // its quants at quant_offset) of nb blocks and `rows` (1..kPackedTileRows) activation rows, row r
 // at x + r * nb blocks:
 //   y[r * ldy + g * kPackRows + i] = dot(weight row i of group g, activation row r),  i < kPackRows.
-// sums[r * nb + b] is the sum of that activation block's qs (QuantizeActFn's), for the kernels
-// that correct the weights' offset with it (offset_correction). Every output must get exactly the
-// bits of packed_reference for any `rows`.
+// corr[r * nb + b] is the block's offset correction, -128 * sum(x.qs) for Q8_0 (whose weights
+// are stored + 128) and -8 * sum(x.qs) for Q4_0 (nibbles q = w + 8); a kernel may use it or
+// not. It is in memory, made once per activation row, because a kernel that broadcast it from
+// a register computed on the fly lost 3-4% of a translation (the broadcast competes with the
+// int8 products). Every output must get exactly the bits of packed_reference for any `rows`.
 using PackedTileFn = void (*)(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset,
-                              int64_t nb, const BlockQ8A* x, const int32_t* sums, int rows, float* y, int64_t ldy);
-
-// What an activation block whose qs add up to `sum` must add to the int32 sum of its products with
-// stored weights to get the products with the true weights: -128 sum for Q8_0 (stored w + 128),
-// -8 sum for Q4_0 (nibbles q = w + 8).
-template <DType T>
-constexpr int32_t offset_correction(int32_t sum) {
-  static_assert(T == DType::Q8_0 || T == DType::Q4_0);
-  return (T == DType::Q8_0 ? -128 : -8) * sum;
-}
+                              int64_t nb, const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy);
 
 // A tile function of fixed height, and the DotTileFn that picks one per row count: each ISA
 // file writes its tiles as templates over the height and builds its table entries with this.
@@ -87,13 +80,13 @@ void by_rows(const void* w, const void* x, size_t x_stride, int rows, int64_t k,
 // The PackedTileFn of an ISA file whose packed tile is a template over the height: group by
 // group, the tile of the asked height.
 using PackedTileR = void (*)(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x,
-                             const int32_t* sums, float* y, int64_t ldy);
+                             const int32_t* corr, float* y, int64_t ldy);
 template <PackedTileR Tile1, PackedTileR Tile2, PackedTileR Tile3, PackedTileR Tile4>
 void packed_by_rows(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
-                    const BlockQ8A* x, const int32_t* sums, int rows, float* y, int64_t ldy) {
+                    const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy) {
   static_assert(kPackedTileRows == 4);
   const PackedTileR tile = rows == 1 ? Tile1 : rows == 2 ? Tile2 : rows == 3 ? Tile3 : Tile4;
-  for (int64_t g = 0; g < n_groups; ++g, group += group_bytes, y += kPackRows) tile(group, quant_offset, nb, x, sums, y, ldy);
+  for (int64_t g = 0; g < n_groups; ++g, group += group_bytes, y += kPackRows) tile(group, quant_offset, nb, x, corr, y, ldy);
 }
 
 // No function in an ISA file may run before dispatch.cpp has checked the CPU (which it does in

@@ -181,7 +181,7 @@ inline __m256i broadcast4(const int8_t* p) {
 }
 
 template <DType T, int R>
-void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* sums,
+void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
                  float* y, int64_t ldy) {
   constexpr size_t kQb = T == DType::Q8_0 ? 512 : 256;
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(group);
@@ -227,7 +227,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
       }
       for (int r = 0; r < R; ++r)
         for (int h = 0; h < 2; ++h)
-          s[r][h] = _mm256_add_epi32(_mm256_set1_epi32(offset_correction<T>(sums[r * nb + b])), _mm256_madd_epi16(pairs[r][h], ones));
+          s[r][h] = _mm256_add_epi32(_mm256_set1_epi32(corr[r * nb + b]), _mm256_madd_epi16(pairs[r][h], ones));
     }
     __m256 dw[2];
     for (int h = 0; h < 2; ++h)

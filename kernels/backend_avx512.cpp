@@ -8,7 +8,6 @@
 #endif
 #include <immintrin.h>
 
-#include <algorithm>
 #include <array>
 #include <cstring>
 #include <type_traits>
@@ -22,76 +21,27 @@ namespace octet::kernels {
 
 namespace {
 
-// Lane j of the result is op over the 16 lanes of v[j]. Four rounds, each combining every vector's
-// lanes l and l + half (half = 8, 4, 2, 1) and packing two vectors' results into one; the last
-// leaves vector 4s + r at lane 4r + s, put back in order. 15 x 3 operations for 16 vectors, where
-// a reduction per vector takes 16 x 8.
-template <class Op>
-[[gnu::always_inline]] inline __m512 across_each(const __m512* v, Op op) {
-  __m512 a[8], b[4], c[2];
-  for (int m = 0; m < 8; ++m)
-    a[m] = op(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-              _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  for (int m = 0; m < 4; ++m)
-    b[m] = op(_mm512_shuffle_f32x4(a[2 * m], a[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-              _mm512_shuffle_f32x4(a[2 * m], a[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  for (int m = 0; m < 2; ++m)
-    c[m] = op(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(b[2 * m]), _mm512_castps_pd(b[2 * m + 1]))),
-              _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(b[2 * m]), _mm512_castps_pd(b[2 * m + 1]))));
-  const __m512 d = op(_mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), d);
-}
-
-const auto kAdd = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
-const auto kMax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
-
-// Same arithmetic as the scalar quantizer (fmax-style amax, a true division, ties to even, NaN
-// clamped to -127), so the same bytes. 16 blocks at a time: their maxima and sums are reduced
-// together (across_each), not one horizontal reduction per block. The sums are added as floats:
-// integers of at most 32 x 127, so exact in any order.
+// Same arithmetic as the scalar quantizer (a true division, ties to even), so the same bytes.
 void quantize_act(const float* x, BlockQ8A* out, int64_t k, int32_t* sums) {
-  constexpr int kGroup = 16;
-  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-  const __m512 zero = _mm512_setzero_ps(), lowest = _mm512_set1_ps(-127.0f), highest = _mm512_set1_ps(127.0f);
-  const int64_t nb = k / kBlockSize;
-  for (int64_t b0 = 0; b0 < nb; b0 += kGroup, x += kGroup * kBlockSize) {
-    const int n = (int)std::min<int64_t>(kGroup, nb - b0);
-    __m512 amax[kGroup], sum[kGroup];
-    // vmaxps returns its second operand when either is NaN: with the running maximum second, a NaN
-    // is skipped as std::fmax skips it, and an all-NaN block keeps amax 0.
-    for (int j = 0; j < kGroup; ++j)
-      amax[j] = j < n ? _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + j * kBlockSize + 16)),
-                                      _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + j * kBlockSize)), zero))
-                      : zero;
-    const __m512 d = _mm512_div_ps(across_each(amax, kMax), highest);
-    alignas(64) float ds[kGroup];
-    _mm512_store_ps(ds, d);
-    for (int j = 0; j < kGroup; ++j) {
-      __m512 block_sum = zero;  // one store per j: GCC turned a zeroing loop first into rep stos
-      if (j < n) {
-        BlockQ8A& block = out[b0 + j];
-        block.d = ds[j];
-        if (ds[j] == 0) {
-          _mm256_storeu_si256((__m256i*)block.qs, _mm256_setzero_si256());
-        } else {
-          const __m512 vd = _mm512_set1_ps(ds[j]);
-          for (int h = 0; h < 2; ++h) {
-            const __m512 r =
-                _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + j * kBlockSize + 16 * h), vd), kNearest);
-            // As the scalar clamp: vmaxps gives -127 for a NaN r.
-            const __m512 q = _mm512_min_ps(_mm512_max_ps(r, lowest), highest);
-            _mm_storeu_si128((__m128i*)(block.qs + 16 * h), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(q)));
-            block_sum = _mm512_add_ps(block_sum, q);
-          }
-        }
-      }
-      sum[j] = block_sum;
+  for (int64_t b = 0; b < k / kBlockSize; ++b, x += kBlockSize) {
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 127.0f;
+    out[b].d = d;
+    if (d == 0) {
+      _mm256_storeu_si256((__m256i*)out[b].qs, _mm256_setzero_si256());
+      out[b].s = 0;
+      if (sums) sums[b] = 0;
+      continue;
     }
-    const __m512 total = across_each(sum, kAdd);
-    alignas(64) float scaled[kGroup];
-    _mm512_store_ps(scaled, _mm512_mul_ps(d, total));
-    for (int j = 0; j < n; ++j) out[b0 + j].s = scaled[j];
-    if (sums) _mm512_mask_storeu_epi32(sums + b0, (__mmask16)((1u << n) - 1), _mm512_cvtps_epi32(total));
+    const __m512 vd = _mm512_set1_ps(d);
+    constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(v0, vd), kNearest));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(v1, vd), kNearest));
+    _mm_storeu_si128((__m128i*)out[b].qs, _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128((__m128i*)(out[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
+    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    out[b].s = d * (float)sum;
+    if (sums) sums[b] = sum;
   }
 }
 
@@ -269,7 +219,7 @@ inline __m512i broadcast4(const int8_t* p) {
 // at M = 512 (about one vpdpbusd per cycle, its peak there; Q4_0 unchanged). On the earlier VM
 // (236-285 GMAC/s per core) they were no faster than one chain, nor were tiles of 6 or 8 rows.
 template <DType T, int R>
-void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* sums,
+void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
                  float* y, int64_t ldy) {
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(group);
   const uint8_t* quants = group + quant_offset;
@@ -293,7 +243,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     if (b + 4 < nb) _mm_prefetch(reinterpret_cast<const char*>(scales + (b + 4) * kPackRows), _MM_HINT_T0);
     for (int r = 0; r < R; ++r) {
       const BlockQ8A& xb = x[r * nb + b];
-      __m512i s0 = _mm512_set1_epi32(offset_correction<T>(sums[r * nb + b])), s1 = _mm512_setzero_si512();
+      __m512i s0 = _mm512_set1_epi32(corr[r * nb + b]), s1 = _mm512_setzero_si512();
       for (int c = 0; c < 8; c += 2) {
         s0 = _mm512_dpbusd_epi32(s0, w[c], broadcast4(xb.qs + 4 * c));
         s1 = _mm512_dpbusd_epi32(s1, w[c + 1], broadcast4(xb.qs + 4 * c + 4));
@@ -312,7 +262,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
 // convert, dw * dx, fma), so the reference's bits.
 template <DType T, int G>
 void packed_gemv(const uint8_t* group, size_t group_bytes, size_t quant_offset, int64_t nb, const BlockQ8A* x,
-                 const int32_t* sums, float* y) {
+                 const int32_t* corr, float* y) {
   constexpr size_t kQb = T == DType::Q8_0 ? 512 : 256;
   const uint8_t* groups[G];
   __m512 acc[G];
@@ -339,7 +289,7 @@ void packed_gemv(const uint8_t* group, size_t group_bytes, size_t quant_offset, 
     __m512i s[G];
     if constexpr (T == DType::Q8_0) {
       __m512i even[G], odd[G];
-      for (int g = 0; g < G; ++g) even[g] = _mm512_set1_epi32(offset_correction<T>(sums[b])), odd[g] = _mm512_setzero_si512();
+      for (int g = 0; g < G; ++g) even[g] = _mm512_set1_epi32(corr[b]), odd[g] = _mm512_setzero_si512();
       for (int c = 0; c < 8; c += 2) {
         const __m512i x0 = broadcast4(xb.qs + 4 * c), x1 = broadcast4(xb.qs + 4 * c + 4);
         for (int g = 0; g < G; ++g) {
@@ -351,7 +301,7 @@ void packed_gemv(const uint8_t* group, size_t group_bytes, size_t quant_offset, 
       for (int g = 0; g < G; ++g) s[g] = _mm512_add_epi32(even[g], odd[g]);
     } else {
       __m512i lo[G], hi[G];
-      for (int g = 0; g < G; ++g) lo[g] = _mm512_set1_epi32(offset_correction<T>(sums[b])), hi[g] = _mm512_setzero_si512();
+      for (int g = 0; g < G; ++g) lo[g] = _mm512_set1_epi32(corr[b]), hi[g] = _mm512_setzero_si512();
       for (int p = 0; p < 4; ++p) {
         const __m512i x_lo = broadcast4(xb.qs + 4 * p), x_hi = broadcast4(xb.qs + 16 + 4 * p);
         for (int g = 0; g < G; ++g) {
@@ -381,17 +331,17 @@ constexpr auto tile_table(std::index_sequence<I...>) {
 
 template <DType T>
 void packed_rows(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
-                 const BlockQ8A* x, const int32_t* sums, int rows, float* y, int64_t ldy) {
+                 const BlockQ8A* x, const int32_t* corr, int rows, float* y, int64_t ldy) {
   static constexpr auto kTiles = tile_table<T>(std::make_index_sequence<kPackedTileRows - 1>());
   int64_t g = 0;
   if (rows == 1) {
     for (; g + 2 <= n_groups; g += 2)
-      packed_gemv<T, 2>(group + g * group_bytes, group_bytes, quant_offset, nb, x, sums, y + g * kPackRows);
-    if (g < n_groups) packed_gemv<T, 1>(group + g * group_bytes, group_bytes, quant_offset, nb, x, sums, y + g * kPackRows);
+      packed_gemv<T, 2>(group + g * group_bytes, group_bytes, quant_offset, nb, x, corr, y + g * kPackRows);
+    if (g < n_groups) packed_gemv<T, 1>(group + g * group_bytes, group_bytes, quant_offset, nb, x, corr, y + g * kPackRows);
     return;
   }
   for (; g < n_groups; ++g)
-    kTiles[rows - 2](group + g * group_bytes, quant_offset, nb, x, sums, y + g * kPackRows, ldy);
+    kTiles[rows - 2](group + g * group_bytes, quant_offset, nb, x, corr, y + g * kPackRows, ldy);
 }
 
 
@@ -433,7 +383,23 @@ struct Vec16 {
     const __m256i quiet = _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi16((short)0x8000)), _mm256_set1_epi16(0x7e00));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_mask_blend_epi16(nan, h, quiet));
   }
-  static T sum_each(const T* v) { return across_each(v, kAdd); }
+  // Four rounds, each adding every vector's lanes l and l + half (half = 8, 4, 2, 1) and packing
+  // two vectors' sums into one; the last leaves vector 4s + r at lane 4r + s, put back in order.
+  static T sum_each(const T* v) {
+    T a[8], b[4], c[2];
+    for (int m = 0; m < 8; ++m)
+      a[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int m = 0; m < 4; ++m)
+      b[m] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * m], a[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_f32x4(a[2 * m], a[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int m = 0; m < 2; ++m)
+      c[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(b[2 * m]), _mm512_castps_pd(b[2 * m + 1]))),
+                           _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(b[2 * m]), _mm512_castps_pd(b[2 * m + 1]))));
+    const T d = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), d);
+  }
 };
 
 template <DType T>

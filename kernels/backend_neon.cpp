@@ -164,7 +164,7 @@ void dot_tile_f(const void* w, const void* x, size_t x_stride, int64_t k, float*
 // are exact and the float steps are the reference's (convert, dw * dx, fused multiply-add in
 // block order), so the bits are the reference's.
 template <DType T, int R>
-void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* sums,
+void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const BlockQ8A* x, const int32_t* corr,
                  float* y, int64_t ldy) {
   constexpr size_t kQb = T == DType::Q8_0 ? 512 : 256;
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(group);
@@ -176,7 +176,7 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
     const uint8_t* q = quants + b * kQb;
     int32x4_t s[R][4];
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < 4; ++j) s[r][j] = vdupq_n_s32(T == DType::Q8_0 ? 0 : offset_correction<T>(sums[r * nb + b]));
+      for (int j = 0; j < 4; ++j) s[r][j] = vdupq_n_s32(T == DType::Q8_0 ? 0 : corr[r * nb + b]);
     int8x16_t xv[R][2];
     for (int r = 0; r < R; ++r) xv[r][0] = vld1q_s8(x[r * nb + b].qs), xv[r][1] = vld1q_s8(x[r * nb + b].qs + 16);
     // Chunk c (Q8_0) or half-vector (Q4_0) multiplies activation bytes 4c..4c+3: vector c / 4, lane c % 4.

@@ -142,9 +142,9 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
   const DotBlockFn dot_block = backend.dot_block[(int)wtype];
   const int64_t nb = K / kBlockSize;
 
-  // Activation blocks and their sums, as in matmul: once for all the products.
+  // Activation blocks and their offset corrections, as in matmul: once for all the products.
   BlockQ8A* act = calling_thread_scratch<BlockQ8A>((size_t)M * (size_t)nb);
-  int32_t* sums = calling_thread_scratch<int32_t>((size_t)M * (size_t)nb);
+  int32_t* corr = calling_thread_scratch<int32_t>((size_t)M * (size_t)nb);
   const size_t x_stride = (size_t)nb * sizeof(BlockQ8A);
 
   // Per product: chunks of whole groups, sized like matmul's over all the products' groups, then
@@ -164,7 +164,10 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
   }
   const int64_t chunks = first_chunk[products.size()];
 
-  const auto quantize_row = [&](int64_t m) { backend.quantize_act(X + m * K, act + m * nb, K, sums + m * nb); };
+  const auto quantize_row = [&](int64_t m) {
+    backend.quantize_act(X + m * K, act + m * nb, K, corr + m * nb);
+    sums_to_corrections(wtype, corr + m * nb, nb);
+  };
   if (quantize_before_region(M)) quantize_row(0);
 
 #pragma omp parallel if (M * total_rows * K >= kMinParallelMacs)
@@ -185,7 +188,7 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
         const int64_t g1 = std::min(w.groups, g0 + chunk_groups);
         for (int64_t m0 = 0; m0 < M; m0 += kPackedTileRows) {
           const int rows = (int)std::min<int64_t>(kPackedTileRows, M - m0);
-          tile(w.group(g0), w.group_bytes, g1 - g0, w.quant_offset, nb, act + m0 * nb, sums + m0 * nb, rows,
+          tile(w.group(g0), w.group_bytes, g1 - g0, w.quant_offset, nb, act + m0 * nb, corr + m0 * nb, rows,
                Y + m0 * ldy + g0 * kPackRows, ldy);
         }
       } else {

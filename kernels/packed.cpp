@@ -55,7 +55,7 @@ void reference_group(const uint8_t* group, size_t quant_offset, int64_t nb, cons
 
 template <DType T>
 void reference_tile(const uint8_t* group, size_t group_bytes, int64_t n_groups, size_t quant_offset, int64_t nb,
-                    const BlockQ8A* x, const int32_t* /*sums*/, int rows, float* y, int64_t ldy) {
+                    const BlockQ8A* x, const int32_t* /*corr*/, int rows, float* y, int64_t ldy) {
   for (int64_t g = 0; g < n_groups; ++g)
     reference_group<T>(group + g * group_bytes, quant_offset, nb, x, rows, y + g * kPackRows, ldy);
 }
@@ -64,6 +64,11 @@ void reference_tile(const uint8_t* group, size_t group_bytes, int64_t n_groups, 
 
 PackedTileFn packed_reference_tile(DType t) {
   return t == DType::Q8_0 ? reference_tile<DType::Q8_0> : reference_tile<DType::Q4_0>;
+}
+
+void sums_to_corrections(DType t, int32_t* sums, int64_t nb) {
+  const int32_t offset = t == DType::Q8_0 ? 128 : 8;
+  for (int64_t b = 0; b < nb; ++b) sums[b] *= -offset;
 }
 
 bool packable(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }

@@ -12,4 +12,8 @@ namespace octet::kernels {
 // The reference (scalar) packed tile of t (Q8_0 or Q4_0): defines the arithmetic.
 PackedTileFn packed_reference_tile(DType t);
 
+// Turns nb activation block sums (QuantizeActFn's) into the blocks' offset corrections (see
+// PackedTileFn), in place.
+void sums_to_corrections(DType t, int32_t* sums, int64_t nb);
+
 }  // namespace octet::kernels

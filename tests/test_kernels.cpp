@@ -380,7 +380,7 @@ TEST_CASE("every backend quantizes activations to the same bytes as the scalar o
   }
   const int64_t all = (int64_t)x.size() / kBlockSize;
   REQUIRE(all > 17);
-  // Lengths around the AVX-512 kernel's groups of 16 blocks, and all of them (not a multiple of 16).
+  // Several lengths, so that a sum written past its block would show.
   for (int64_t blocks : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{17}, all}) {
     CAPTURE(blocks);
     const int64_t k = blocks * kBlockSize;
