@@ -41,6 +41,10 @@ using DotBlockFn = void (*)(const void* w, size_t w_stride, int wrows, const voi
 // 1 thread: Q8_0 280, Q4_0 288 GMAC/s at M = 512; 8 rows 271 / 278, 6 rows 283 / 284).
 constexpr int kPackedTileRows = 4;
 
+// Packed groups a GEMV kernel (one activation row) works through at once, each its own stream of
+// weights from memory; matmul gives each thread a share in whole multiples of it.
+constexpr int kGemvGroups = 4;
+
 // How far ahead of its reads a packed x86 kernel prefetches its weights, and into which cache: L2
 // (_MM_HINT_T1), so that the prefetches do not hold the few L1 miss buffers the loads need. The
 // hardware prefetcher alone left AVX2 GEMV from DRAM at ~17 GB/s (row-major streams ~31); 8 KiB

@@ -151,11 +151,12 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
   // one chunk for its row-major tail rows. first_chunk[j] is product j's first chunk.
   // A GEMV passes over the weights once: there one contiguous share per thread reads fastest (each
   // thread's prefetch runs ahead through all of it; decode +11-18% over 128 KiB chunks on the
-  // 2-vCPU VM), rounded to whole pairs of groups, which the GEMV kernels take two at a time.
+  // 2-vCPU VM), rounded to whole kGemvGroups, which the GEMV kernels take at once.
   const int64_t total_groups = total_rows / kPackRows;
   const int64_t gemv_share = thread_share(total_groups);
   const int64_t chunk_groups =
-      M == 1 ? gemv_share + gemv_share % 2 : units_per_chunk(products[0].w.group_bytes, total_groups);
+      M == 1 ? (gemv_share + kGemvGroups - 1) / kGemvGroups * kGemvGroups
+             : units_per_chunk(products[0].w.group_bytes, total_groups);
   int64_t first_chunk[kMaxPackedProducts + 1] = {0};
   for (size_t j = 0; j < products.size(); ++j) {
     const PackedWeights& w = products[j].w;
