@@ -258,10 +258,10 @@ void packed_tile(const uint8_t* group, size_t quant_offset, int64_t nb, const Bl
 // GEMV (one activation row) against G (1, 2 or kGemvGroups = 4) groups at once: each activation
 // broadcast serves 16 G rows, 2 G independent int32 chains keep the vpdpbusd units busy, and G
 // streams of weights are in flight. 4 streams per thread over 2, paired decode runs on the Zen 4
-// VM: TinyLlama shape q8_0 +9%, q4_0 +6%, SmolLM2 q8_0 +5.5%, q4_0 +0%; 8 was no better. Q4_0's high nibbles
-// are masked in place (16 q) instead of shifted down: their exact int32 sum, a multiple of 16, is
-// shifted once per block. Per lane the operations of packed_tile (exact int32 block sums, then
-// convert, dw * dx, fma), so the reference's bits.
+// VM: TinyLlama shape q8_0 +7%, q4_0 +5%, SmolLM2 q8_0 +3%, q4_0 +0%; 8 was no better. Q4_0's
+// high nibbles are masked in place (16 q) instead of shifted down: their exact int32 sum, a
+// multiple of 16, is shifted once per block. Per lane the operations of packed_tile (exact int32
+// block sums, then convert, dw * dx, fma), so the reference's bits.
 template <DType T, int G>
 void packed_gemv(const uint8_t* group, size_t group_bytes, size_t quant_offset, int64_t nb, const BlockQ8A* x,
                  const int32_t* corr, float* y) {

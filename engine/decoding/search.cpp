@@ -308,7 +308,6 @@ class Search {
     row_counts_.resize(max_rows);
     row_shifts_.resize(max_rows);
     span_max_.resize(max_rows * spans_of(vocab_));
-    row_bounded_.resize(max_rows);
     row_tokens_.resize(max_rows);
     row_logprobs_.resize(max_rows);
     virtual_candidates_.resize(keep_);
@@ -489,19 +488,14 @@ class Search {
         // The last log_softmax is not written out: top_candidates applies it. When the processors
         // only forbid tokens (-inf before the log_softmax is -inf after it), that is the model's
         // log_softmax itself, which saves a pass over the row; else the renormalization's.
-        // Forbidding only lowers logits, so the spans' maxima stay upper bounds; other processors
-        // move them, and then every span is read.
-        float* span_max = row_span_max(r);
-        const Shift shift = log_softmax_shift(x, vocab_, logits_bias_, span_max);
+        const Shift shift = log_softmax_shift(x, vocab_, logits_bias_, row_span_max(r));
         if (processors_.only_forbid(history(r))) {
           processors_.apply(x, history(r));
           row_shifts_[r] = shift;
         } else {
           apply_shift(x, vocab_, shift);
           row_shifts_[r] = processors_.apply(x, history(r), /*defer=*/true);
-          span_max = nullptr;
         }
-        row_bounded_[r] = span_max != nullptr;
         row_counts_[r] =
             top_candidates(r, rows_.scores[r], row_shifts_[r], row_candidates_.data() + static_cast<size_t>(r) * keep_);
         continue;
@@ -582,12 +576,13 @@ class Search {
   // The best keep_ of beam_score + log-prob over the row's tokens into `list`, best first, equal
   // scores by id; returns how many (keep_: the vocabulary is at least that large). The log-probs
   // are the row's values after `shift` (the same float operations as writing it out first).
-  // A span whose recorded maximum (row_bounded_) cannot beat the current keep_-th score is skipped:
-  // the score is monotone in the logit, so none of its tokens could. Blocks of tokens are first
-  // tested at once against that score.
+  // A span whose recorded maximum cannot beat the current keep_-th score is skipped: the score is
+  // monotone in the logit, so none of its tokens could. The maxima bound the row only when the
+  // processors just forbid tokens (which lowers logits); others move them, and every span is read.
+  // Blocks of tokens are first tested at once against that score.
   int32_t top_candidates(int32_t row, float beam_score, Shift shift, Candidate* list) {
     const float* x = logits(row);
-    const float* span_max = row_bounded_[row] ? row_span_max(row) : nullptr;
+    const float* span_max = processors_.only_forbid(history(row)) ? row_span_max(row) : nullptr;
     const float max = shift.max, log_sum = shift.log_sum;
     int32_t count = 0, id = 0;
     for (; id < vocab_ && count < keep_; ++id) offer(list, count, {beam_score + ((x[id] - max) - log_sum), row, id});
@@ -696,7 +691,6 @@ class Search {
   std::vector<int32_t> row_counts_;            // how many of them
   std::vector<Shift> row_shifts_;              // the log_softmax each row's logits still need
   std::vector<float> span_max_;                // per row, spans_of(vocab_): each span's largest logit
-  std::vector<uint8_t> row_bounded_;           // whether span_max_ bounds the row's logits
   std::vector<int32_t> row_tokens_;            // greedy: each row's argmax
   std::vector<float> row_logprobs_;            // and its log-prob
   std::vector<Candidate> virtual_candidates_;  // the first step's virtual beams
