@@ -132,14 +132,18 @@ void dequantize_packed_row(const PackedWeights& P, int64_t n, float* out);
 // Y = X W^T as matmul() does, for a packed W. No output's bits depend on M or the thread count:
 // the interleaved rows get the reference's bits under every backend, the remaining N % 16 rows
 // those of matmul() on the row-major kernels.
-void matmul_packed(const PackedWeights& P, const float* X, int64_t M, float* Y, int64_t ldy);
+void matmul_packed(const PackedWeights& P, const float* X, int64_t M, float* Y, int64_t ldy, float* residual = nullptr);
 // Several packed matrices of one type and K applied to the same X (a layer's q, k and v, or its
 // gate and up): Y_j = X W_j^T, with X quantized once and all their rows shared out in one
 // parallel region; each output has the bits a matmul_packed of its own matrix gives it.
+// With a residual, residual += Y as well (the same [M][ldy] layout, not aliasing Y), each output
+// added by the thread that computed it, while it is in cache: a residual connection without a
+// pass of its own, with the bits of one.
 struct PackedProduct {
   PackedWeights w;
   float* y;
   int64_t ldy;
+  float* residual = nullptr;
 };
 constexpr size_t kMaxPackedProducts = 4;
 void matmul_packed(std::span<const PackedProduct> products, const float* X, int64_t M);

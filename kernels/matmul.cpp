@@ -182,8 +182,13 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
       size_t j = 0;
       while (c >= first_chunk[j + 1]) ++j;
       const PackedWeights& w = products[j].w;
-      float* Y = products[j].y;
+      float *Y = products[j].y, *residual = products[j].residual;
       const int64_t ldy = products[j].ldy, local = c - first_chunk[j];
+      const auto add_to_residual = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+        if (residual == nullptr) return;
+        for (int64_t m = m0; m < m1; ++m)
+          for (int64_t n = n0; n < n1; ++n) residual[m * ldy + n] += Y[m * ldy + n];
+      };
       const int64_t g0 = local * chunk_groups;
       if (g0 < w.groups) {
         const int64_t g1 = std::min(w.groups, g0 + chunk_groups);
@@ -191,17 +196,19 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
           const int rows = (int)std::min<int64_t>(kPackedTileRows, M - m0);
           tile(w.group(g0), w.group_bytes, g1 - g0, w.quant_offset, nb, act + m0 * nb, corr + m0 * nb, rows,
                Y + m0 * ldy + g0 * kPackRows, ldy);
+          add_to_residual(m0, m0 + rows, g0 * kPackRows, g1 * kPackRows);
         }
       } else {
         row_major_rows(dot, dot_block, reinterpret_cast<const char*>(w.tail()), w_stride, 0, w.rows - w.packed_rows(),
                        reinterpret_cast<const char*>(act), x_stride, M, K, Y + w.packed_rows(), ldy);
+        add_to_residual(0, M, w.packed_rows(), w.rows);
       }
     }
   }
 }
 
-void matmul_packed(const PackedWeights& P, const float* X, int64_t M, float* Y, int64_t ldy) {
-  const PackedProduct product{P, Y, ldy};
+void matmul_packed(const PackedWeights& P, const float* X, int64_t M, float* Y, int64_t ldy, float* residual) {
+  const PackedProduct product{P, Y, ldy, residual};
   matmul_packed({&product, 1}, X, M);
 }
 

@@ -871,6 +871,34 @@ TEST_CASE("packed: several products of one input in one call give each the bits 
   }
 }
 
+TEST_CASE("packed: a residual gets each output added, with the bits of a separate add") {
+  BackendGuard guard;
+  std::mt19937 rng(106);
+  const int64_t n = 16 * 5 + 5, k = 256, ldy = n + 2;  // 5 groups and 5 row-major tail rows
+  for (DType t : kPackedTypes) {
+    const std::vector<uint8_t> w = quantize(t, random_floats(rng, n * k), n, k);
+    const PackedBuffer buffer(t, w.data(), n, k);
+    for (int64_t m : {1, 3}) {  // the GEMV and the tiled paths
+      const std::vector<float> x = random_floats(rng, m * k, 2.0f), before = random_floats(rng, m * ldy, 3.0f);
+      for (const std::string& name : backends()) {
+        CAPTURE(name);
+        CAPTURE(m);
+        const std::vector<float> alone = run_packed(name.c_str(), buffer.view(), x, m);
+        std::vector<float> y(m * ldy), residual = before;
+        matmul_packed(buffer.view(), x.data(), m, y.data(), ldy, residual.data());
+        for (int64_t r = 0; r < m; ++r) {
+          CHECK(residual[r * ldy + n] == before[r * ldy + n]);  // past N: untouched
+          for (int64_t c = 0; c < n; ++c) {
+            if (!same_bits(y[r * ldy + c], alone[r * n + c]) ||
+                !same_bits(residual[r * ldy + c], before[r * ldy + c] + alone[r * n + c]))
+              FAIL(name << " " << std::string(dtype_name(t)) << " at (" << r << "," << c << ")");
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("packed: same result with 1 or 2 threads, no allocation once warm") {
   BackendGuard guard;
   std::mt19937 rng(104);
