@@ -153,7 +153,8 @@ void bench_attention(const std::vector<std::string>& backends, const std::vector
     quantize_row(DType::F16, kv.data(), keys.data(), (int64_t)kv.size());
     fill_random(kv.data(), kv.size(), 13);
     quantize_row(DType::F16, kv.data(), values.data(), (int64_t)kv.size());
-    const ops::KvCache cache{DType::F16, keys.data(), values.data(), n};
+    const auto key_rows = ops::kv_rows(DType::F16, keys.data(), n, hd), value_rows = ops::kv_rows(DType::F16, values.data(), n, hd);
+    const ops::KvCache cache{DType::F16, key_rows.data(), value_rows.data(), n};
     const ops::AttentionShape shape{s.heads, s.kv_heads, hd, 0};
     const double pairs = (double)s.heads * n * (n + 1) / 2;  // causal: position p sees p + 1 keys
     for (const std::string& b : backends) {

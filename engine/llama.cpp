@@ -5,7 +5,7 @@
 //   x = embedding[tokens]
 //   for each layer:
 //     h = rmsnorm(x) ; q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv) ; rope(q, k) ; cache k, v
-//     x += attention(q, K, V) Wo
+//     x += attention(q, K, V) Wo                    (the add done by the matmul)
 //     h = rmsnorm(x) ; x += (silu(h Wgate) * h Wup) Wdown
 //   logits = rmsnorm(x) Woutput        (Woutput = embedding when tied)
 //
@@ -202,11 +202,14 @@ class LlamaState final : public DecoderState {
     k_ = allocate(max_batch_ * c.kv_dim());
     v_ = allocate(max_batch_ * c.kv_dim());
     attn_out_ = allocate(max_batch_ * c.q_dim());
+    rope_ = allocate(max_batch_ * c.head_dim);
     gate_ = allocate(max_batch_ * c.ffn_dim);
     up_ = allocate(max_batch_ * c.ffn_dim);
     logits_ = allocate(c.vocab_size);
     key_cache_ = allocate<uint8_t>(c.n_layers * c.n_kv_heads * capacity_ * kv_row_bytes_);
     value_cache_ = allocate<uint8_t>(c.n_layers * c.n_kv_heads * capacity_ * kv_row_bytes_);
+    key_rows_ = ops::kv_rows(kv_type, key_cache_.get(), capacity_, c.head_dim);
+    value_rows_ = ops::kv_rows(kv_type, value_cache_.get(), capacity_, c.head_dim);
   }
 
   const float* forward(std::span<const int32_t> tokens, float* all_logits) override {
@@ -247,8 +250,12 @@ class LlamaState final : public DecoderState {
     float* attn_out = attn_out_.get();
     float *gate = gate_.get(), *up = up_.get();
 
+    float* rope = rope_.get();  // each position's rotation, [n][head_dim]
 #pragma omp parallel for if (n > 1)
-    for (int64_t i = 0; i < n; ++i) ops::embedding(m.token_embedding, tokens[i], x + i * dim);
+    for (int64_t i = 0; i < n; ++i) {
+      ops::embedding(m.token_embedding, tokens[i], x + i * dim);
+      ops::rope_rotation(first_pos + i, m.rope_inv_freq.data(), head_dim / 2, rope + i * head_dim);
+    }
 
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const LlamaLayer& layer = m.layers[l];
@@ -266,24 +273,23 @@ class LlamaState final : public DecoderState {
 #pragma omp parallel for if (n > 1)
       for (int64_t i = 0; i < n; ++i) {
         const int64_t pos = first_pos + i;
-        ops::rope(q + i * q_dim, c.n_heads, head_dim, pos, m.rope_inv_freq.data());
-        ops::rope(k + i * kv_dim, c.n_kv_heads, head_dim, pos, m.rope_inv_freq.data());
+        ops::rope(q + i * q_dim, c.n_heads, head_dim, rope + i * head_dim);
+        ops::rope(k + i * kv_dim, c.n_kv_heads, head_dim, rope + i * head_dim);
         for (int64_t h = 0; h < c.n_kv_heads; ++h) {
           const int64_t from = i * kv_dim + h * head_dim, to = (h * capacity_ + pos) * kv_row_bytes_;
           kernels::quantize_row(kv_type_, k + from, key_cache + to, head_dim);
           kernels::quantize_row(kv_type_, v + from, value_cache + to, head_dim);
         }
       }
-      ops::attention(q, {kv_type_, key_cache, value_cache, capacity_}, n, first_pos, shape, attn_out);
-      ops::matmul(layer.attn_out, attn_out, n, xb, dim);
-      ops::add(x, xb, n * dim);
+      ops::attention(q, {kv_type_, key_rows_.data(), value_rows_.data(), capacity_, l * c.n_kv_heads}, n, first_pos,
+                     shape, attn_out);
+      ops::matmul(layer.attn_out, attn_out, n, xb, dim, x);
 
       // Feed-forward (SwiGLU): down(silu(gate(h)) * up(h)).
       ops::rmsnorm(x, layer.ffn_norm, xb, n, dim, c.rms_eps);
       ops::matmul({{layer.ffn_gate, gate, c.ffn_dim}, {layer.ffn_up, up, c.ffn_dim}}, xb, n);
       ops::swiglu(gate, up, n * c.ffn_dim);
-      ops::matmul(layer.ffn_down, gate, n, xb, dim);
-      ops::add(x, xb, n * dim);
+      ops::matmul(layer.ffn_down, gate, n, xb, dim, x);
     }
 
     // Logits: of every position when asked (one GEMM), otherwise of the last one only.
@@ -302,11 +308,12 @@ class LlamaState final : public DecoderState {
   int32_t used_ = 0;
   int64_t max_batch_;  // tokens per forward_batch
   // Activations of up to max_batch_ tokens, row-major [token][feature].
-  std::unique_ptr<float[]> x_, xb_, q_, k_, v_, attn_out_, gate_, up_;
+  std::unique_ptr<float[]> x_, xb_, q_, k_, v_, attn_out_, gate_, up_, rope_;
   std::unique_ptr<float[]> logits_;  // [vocab_size], of the last token
   DType kv_type_;
   size_t kv_row_bytes_;  // one head's key or value
   std::unique_ptr<uint8_t[]> key_cache_, value_cache_;  // [n_layers][n_kv_heads][capacity] rows of head_dim
+  std::vector<const void*> key_rows_, value_rows_;       // their ops::kv_rows
 };
 
 std::unique_ptr<DecoderState> LlamaModel::new_state(int32_t context_length, DType kv_type) const {

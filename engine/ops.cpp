@@ -11,12 +11,16 @@
 
 namespace octet::ops {
 
-void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy) {
+void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy, float* residual) {
   if (w.layout == Layout::Packed) {
-    kernels::matmul_packed(kernels::packed_view(w.dtype, w.data, w.rows, w.cols), x, m, y, ldy);
-  } else {
-    kernels::matmul(w.dtype, w.data, w.rows, w.cols, x, m, y, ldy);
+    kernels::matmul_packed(kernels::packed_view(w.dtype, w.data, w.rows, w.cols), x, m, y, ldy, residual);
+    return;
   }
+  kernels::matmul(w.dtype, w.data, w.rows, w.cols, x, m, y, ldy);
+  if (residual == nullptr) return;
+#pragma omp parallel for if (m * w.rows > 65536)
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t r = 0; r < w.rows; ++r) residual[i * ldy + r] += y[i * ldy + r];
 }
 
 void matmul(std::initializer_list<Product> products, const float* x, int64_t m) {
@@ -62,11 +66,6 @@ void swiglu(float* gate, const float* up, int64_t n) {
   }
 }
 
-void add(float* x, const float* y, int64_t n) {
-#pragma omp parallel for if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
-}
-
 void add_bias(float* x, const float* bias, int64_t rows, int64_t n) {
   // One region for all rows: a parallel region per row costs more than small rows' additions.
 #pragma omp parallel for if (rows * n > 65536)
@@ -108,38 +107,40 @@ std::vector<float> rope_inverse_frequencies(int64_t head_dim, float theta, const
   return inv_freq;
 }
 
-void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq) {
-  const int64_t half = head_dim / 2;
+void rope_rotation(int64_t pos, const float* inv_freq, int64_t half, float* cos_sin) {
   for (int64_t i = 0; i < half; ++i) {
     // The angle in float32, as transformers and llama2.c compute it.
     const float angle = static_cast<float>(pos) * inv_freq[i];
-    const float cos = std::cos(angle), sin = std::sin(angle);
-    for (int64_t h = 0; h < n_heads; ++h) {
-      float* head = x + h * head_dim;
+    cos_sin[i] = std::cos(angle);
+    cos_sin[half + i] = std::sin(angle);
+  }
+}
+
+void rope(float* x, int64_t n_heads, int64_t head_dim, const float* cos_sin) {
+  const int64_t half = head_dim / 2;
+  const float *cos = cos_sin, *sin = cos_sin + half;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* head = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
       const float a = head[i], b = head[i + half];
-      head[i] = a * cos - b * sin;
-      head[i + half] = b * cos + a * sin;
+      head[i] = a * cos[i] - b * sin[i];
+      head[i + half] = b * cos[i] + a * sin[i];
     }
   }
+}
+
+std::vector<const void*> kv_rows(DType type, const void* data, int64_t capacity, int64_t head_dim) {
+  std::vector<const void*> rows(capacity);
+  const size_t row_bytes = kernels::row_bytes(type, head_dim);
+  for (int64_t j = 0; j < capacity; ++j) rows[j] = static_cast<const char*>(data) + j * row_bytes;
+  return rows;
 }
 
 void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_pos, const AttentionShape& shape,
                float* out) {
   const int64_t head_dim = shape.head_dim, q_dim = shape.n_heads * head_dim;
   const int64_t group = shape.n_heads / shape.n_kv_heads, n_keys_max = first_pos + n;
-  // The kernel finds keys through pointers: one table per kv head, shared by every query.
-  thread_local std::vector<const void*> rows;
-  rows.resize(2 * shape.n_kv_heads * n_keys_max);
-  const void** key_rows = rows.data();
-  const void** value_rows = key_rows + shape.n_kv_heads * n_keys_max;
-  const size_t row_bytes = kernels::row_bytes(cache.type, head_dim);
-  for (int64_t h = 0; h < shape.n_kv_heads; ++h) {
-    for (int64_t j = 0; j < n_keys_max; ++j) {
-      const size_t offset = (h * cache.capacity + j) * row_bytes;
-      key_rows[h * n_keys_max + j] = static_cast<const char*>(cache.keys) + offset;
-      value_rows[h * n_keys_max + j] = static_cast<const char*>(cache.values) + offset;
-    }
-  }
+  const int64_t head_elements = cache.capacity * head_dim;  // the kernel's offset from one head to the next
   // A work item is a GQA group at up to kQueriesPerItem / group consecutive positions, whose
   // query heads share each key load (one call, each query limited to its causal prefix); or a
   // single head at one position when items are too few to keep every thread busy (a decode step).
@@ -179,9 +180,9 @@ void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_po
                          .q_stride = head_dim,
                          .n_q = n_q,
                          .kv_type = cache.type,
-                         .keys = key_rows + kv * n_keys_max + first_key,
-                         .values = value_rows + kv * n_keys_max + first_key,
-                         .offset = 0,
+                         .keys = cache.key_rows + first_key,
+                         .values = cache.value_rows + first_key,
+                         .offset = (cache.first_head + kv) * head_elements,
                          .n_keys = n_keys,
                          .key_counts = counts,
                          .head_dim = head_dim,

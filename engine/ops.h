@@ -22,8 +22,9 @@ struct Matrix {
 };
 
 // y[i][r] = sum_c x[i][c] * w[r][c] for the m rows of x: one GEMM whatever m is. ldy is y's row
-// stride in floats (>= w.rows).
-void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy);
+// stride in floats (>= w.rows). With a residual ([m][ldy] too), residual += y as well: a packed
+// matrix's threads add their own outputs as they make them (decode: one pass fewer per sublayer).
+void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy, float* residual = nullptr);
 // Several matrices applied to the same m rows of x, y_j = x W_j^T (a layer's q, k and v, or its
 // gate and up): one pass when they are packed alike (x quantized once, one parallel region), one
 // matmul each otherwise. Every output has the bits of its own matmul either way.
@@ -40,8 +41,6 @@ void embedding(const Matrix& table, int32_t id, float* out);
 void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t n, float eps);
 // gate = silu(gate) * up, elementwise: the gating half of SwiGLU.
 void swiglu(float* gate, const float* up, int64_t n);
-// x += y, elementwise (residual connections, biases).
-void add(float* x, const float* y, int64_t n);
 // Each of `rows` rows of n gets bias added.
 void add_bias(float* x, const float* bias, int64_t rows, int64_t n);
 
@@ -58,9 +57,13 @@ struct RopeScaling {
 // head_dim/2 inverse frequencies theta^(-2i/head_dim), scaled as `scaling` says (transformers'
 // _compute_default/linear/llama3_rope_parameters, in float32 like it).
 std::vector<float> rope_inverse_frequencies(int64_t head_dim, float theta, const RopeScaling& scaling);
-// Rotates each of the n_heads heads of x (n_heads x head_dim) to position pos, "rotate half"
-// form: element i pairs with i + head_dim/2, angle pos * inv_freq[i].
-void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t pos, const float* inv_freq);
+// The rotation of position pos: cos_sin[i] = cos(pos * inv_freq[i]) and cos_sin[half + i] = its
+// sin, for i < half = head_dim/2. Made once per position, it serves every layer and head (the
+// trigonometry cost more than the rotations themselves: 3 us of a 90 us SmolLM2 layer).
+void rope_rotation(int64_t pos, const float* inv_freq, int64_t half, float* cos_sin);
+// Rotates each of the n_heads heads of x (n_heads x head_dim) by a rope_rotation, "rotate half"
+// form: element i pairs with i + head_dim/2.
+void rope(float* x, int64_t n_heads, int64_t head_dim, const float* cos_sin);
 
 struct AttentionShape {
   int64_t n_heads = 0;
@@ -69,14 +72,20 @@ struct AttentionShape {
   int64_t sliding_window = 0;  // > 0: a query at p sees keys at p-window+1 .. p only
 };
 
-// One layer's KV cache: keys and values, each [n_kv_heads][capacity][head_dim] of type F32, F16 or
-// Q8_0 (head_dim a multiple of 32).
+// A layer's view of a KV cache whose heads each hold `capacity` rows of head_dim elements of type
+// F32, F16 or Q8_0 (head_dim a multiple of 32), keys and values in arrays of their own: head h's
+// key at position j is at key_rows[j] + h * capacity * head_dim elements (values alike). The layer
+// reads heads first_head .. first_head + n_kv_heads - 1. The position tables (kv_rows) are made
+// once per cache: rebuilt per call they cost 2% of a SmolLM2-shape decode step.
 struct KvCache {
   DType type = DType::F32;
-  const void* keys = nullptr;
-  const void* values = nullptr;
+  const void* const* key_rows = nullptr;    // [capacity]
+  const void* const* value_rows = nullptr;  // [capacity]
   int64_t capacity = 0;
+  int64_t first_head = 0;
 };
+// The position table of the rows at `data`: entry j points at row j (head_dim elements of type).
+std::vector<const void*> kv_rows(DType type, const void* data, int64_t capacity, int64_t head_dim);
 
 // Causal multi-head attention of n queries at positions first_pos .. first_pos+n-1 over a KV
 // cache that already holds positions 0 .. first_pos+n-1:

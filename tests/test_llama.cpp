@@ -91,6 +91,16 @@ TEST_CASE("rope inverse frequencies match transformers (none, linear, llama3)") 
   CHECK(divided == 4);
 }
 
+namespace {
+
+void rope_at(float* x, int n_heads, int head_dim, int pos, const std::vector<float>& inv_freq) {
+  std::vector<float> cos_sin(head_dim);
+  ops::rope_rotation(pos, inv_freq.data(), head_dim / 2, cos_sin.data());
+  ops::rope(x, n_heads, head_dim, cos_sin.data());
+}
+
+}  // namespace
+
 TEST_CASE("rope rotates pairs (i, i + head_dim/2) by pos * inv_freq[i]") {
   std::mt19937 rng(1);
   const int n_heads = 3, head_dim = 16, half = head_dim / 2;
@@ -98,7 +108,7 @@ TEST_CASE("rope rotates pairs (i, i + head_dim/2) by pos * inv_freq[i]") {
   for (int pos : {0, 1, 7, 1000}) {
     const std::vector<float> x = random_vector(rng, n_heads * head_dim, 1.0f);
     std::vector<float> y = x;
-    ops::rope(y.data(), n_heads, head_dim, pos, inv_freq.data());
+    rope_at(y.data(), n_heads, head_dim, pos, inv_freq);
     for (int h = 0; h < n_heads; ++h) {
       for (int i = 0; i < half; ++i) {
         // As a complex number x_i + j x_{i+half}, rotated by the angle (a float32 product, as
@@ -115,8 +125,8 @@ TEST_CASE("rope rotates pairs (i, i + head_dim/2) by pos * inv_freq[i]") {
   const std::vector<float> q = random_vector(rng, head_dim, 1.0f), k = random_vector(rng, head_dim, 1.0f);
   auto rotated_dot = [&](int q_pos, int k_pos) {
     std::vector<float> qr = q, kr = k;
-    ops::rope(qr.data(), 1, head_dim, q_pos, inv_freq.data());
-    ops::rope(kr.data(), 1, head_dim, k_pos, inv_freq.data());
+    rope_at(qr.data(), 1, head_dim, q_pos, inv_freq);
+    rope_at(kr.data(), 1, head_dim, k_pos, inv_freq);
     double dot = 0;
     for (int i = 0; i < head_dim; ++i) dot += qr[i] * kr[i];
     return dot;
@@ -152,10 +162,17 @@ TEST_CASE("attention matches softmax(q k^T / sqrt(d)) v with GQA, causal mask an
     CAPTURE(window);
     const ops::AttentionShape shape{n_heads, n_kv_heads, head_dim, window};
     const std::vector<float> q = random_vector(rng, n * n_heads * head_dim, 1.0f);
-    const std::vector<float> keys = random_vector(rng, n_kv_heads * capacity * head_dim, 1.0f);
-    const std::vector<float> values = random_vector(rng, n_kv_heads * capacity * head_dim, 1.0f);
+    // The layer's heads follow another layer's in the cache, as in a model's second layer.
+    const int64_t first_head = n_kv_heads, cache_heads = 2 * n_kv_heads;
+    const std::vector<float> cache_keys = random_vector(rng, cache_heads * capacity * head_dim, 1.0f);
+    const std::vector<float> cache_values = random_vector(rng, cache_heads * capacity * head_dim, 1.0f);
+    const float* keys = cache_keys.data() + first_head * capacity * head_dim;
+    const float* values = cache_values.data() + first_head * capacity * head_dim;
+    const auto key_rows = ops::kv_rows(DType::F32, cache_keys.data(), capacity, head_dim);
+    const auto value_rows = ops::kv_rows(DType::F32, cache_values.data(), capacity, head_dim);
     std::vector<float> out(n * n_heads * head_dim);
-    ops::attention(q.data(), {DType::F32, keys.data(), values.data(), capacity}, n, first_pos, shape, out.data());
+    ops::attention(q.data(), {DType::F32, key_rows.data(), value_rows.data(), capacity, first_head}, n, first_pos, shape,
+                   out.data());
 
     for (int64_t i = 0; i < n; ++i) {
       const int64_t pos = first_pos + i;
