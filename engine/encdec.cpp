@@ -25,6 +25,7 @@
 
 #include "engine/error.h"
 #include "engine/loading.h"
+#include "engine/parallel.h"
 #include "kernels/kernels.h"
 
 namespace octet {
@@ -233,8 +234,7 @@ void residual_block(bool pre_norm, const float* norm_weight, const float* norm_b
                     float* x, float* h, float* out, int64_t n, int64_t d, Sublayer&& sublayer) {
   if (pre_norm) ops::layernorm(x, norm_weight, norm_bias, h, n, d, eps);
   sublayer(pre_norm ? h : x, out);
-#pragma omp parallel for if (n > 1 && n * d >= kParallelElements)
-  for (int64_t r = 0; r < n; ++r) {
+  parallel_for(n, n * d >= kParallelElements, [&](int64_t r) {
     float* row = x + r * d;
     const float* o = out + r * d;
     // x + (f + bias), the bias added first as a biased projection would have.
@@ -244,17 +244,16 @@ void residual_block(bool pre_norm, const float* norm_weight, const float* norm_b
       for (int64_t j = 0; j < d; ++j) row[j] += o[j];
     }
     if (!pre_norm) ops::layernorm_row(row, norm_weight, norm_bias, row, d, eps);
-  }
+  });
 }
 
 // x = activation(x + bias) for n rows of f, in one parallel region.
 void bias_activate(ops::Activation activation, const float* bias, float* x, int64_t n, int64_t f) {
-#pragma omp parallel for if (n > 1 && n * f >= kParallelElements)
-  for (int64_t r = 0; r < n; ++r) {
+  parallel_for(n, n * f >= kParallelElements, [&](int64_t r) {
     float* row = x + r * f;
     if (activation == ops::Activation::Swish) {
       kernels::silu(row, bias, f);
-      continue;
+      return;
     }
     if (activation == ops::Activation::Relu) {
       // As ops::activate: std::max(v, 0).
@@ -266,12 +265,12 @@ void bias_activate(ops::Activation activation, const float* bias, float* x, int6
       } else {
         for (int64_t j = 0; j < f; ++j) row[j] = row[j] < 0.0f ? 0.0f : row[j];
       }
-      continue;
+      return;
     }
     if (bias)
       for (int64_t j = 0; j < f; ++j) row[j] += bias[j];
     ops::activate(activation, row, f);
-  }
+  });
 }
 
 // row += bias (d floats), when there is a bias.
@@ -307,14 +306,13 @@ void EncDecState::embed(const Matrix& table, const Matrix& positions, const EncD
   const EncDecConfig& c = model_->config();
   const int64_t d = c.d_model;
   float* position_row = h_.data();  // free scratch while embedding
-#pragma omp parallel for if (n * d > kParallelWork)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n * d > kParallelWork, [&](int64_t i) {
     float* row = x + i * d;
     float* position = position_row + i * d;
     ops::embedding(table, ids[i], row);
     ops::embedding(positions, positions_of[i], position);
     for (int64_t j = 0; j < d; ++j) row[j] = row[j] * c.embedding_scale + position[j];
-  }
+  });
   if (norm.weight) ops::layernorm(x, norm.weight, norm.bias, x, n, d, c.norm_eps);
 }
 
@@ -386,14 +384,16 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
                      // Each token sees its own sentence's tokens only: the key padding mask. A
                      // work item is up to kQueriesPerCall tokens of one sentence, which share
                      // each key and value load.
-#pragma omp parallel for schedule(dynamic, 1) if (n * longest * d > kParallelWork)
-                     for (size_t item = 0; item < query_blocks.size(); ++item) {
-                       const auto [first, count] = query_blocks[item];
-                       const int64_t s = sentence_of_token[first];
-                       attend_rows(q_.data() + first * d, count, DType::F32, head_major_keys_.data(),
-                                   head_major_values_.data(), n, source_start_[s], source_length_[s],
-                                   attended_.data() + first * d);
-                     }
+                     parallel_for(
+                         static_cast<int64_t>(query_blocks.size()), n * longest * d > kParallelWork,
+                         [&](int64_t item) {
+                           const auto [first, count] = query_blocks[item];
+                           const int64_t s = sentence_of_token[first];
+                           attend_rows(q_.data() + first * d, count, DType::F32, head_major_keys_.data(),
+                                       head_major_values_.data(), n, source_start_[s], source_length_[s],
+                                       attended_.data() + first * d);
+                         },
+                         Schedule::Dynamic);
                      ops::matmul(a.out, attended_.data(), n, out, a.out.rows);
                    });
     const auto& w = layer.ffn;
@@ -534,15 +534,14 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
                      uint8_t* keys = self_keys_.data() + (t * c.decoder_layers + l) * max_rows_ * d * kv_size_;
                      uint8_t* values = self_values_.data() + (t * c.decoder_layers + l) * max_rows_ * d * kv_size_;
                      ops::matmul({{self.q, q_.data(), d}, {self.k, k_.data(), d}, {self.v, v_.data(), d}}, in, n);
-#pragma omp parallel for if (n > 1 && n * (t + 1) * d > kParallelElements)
-                     for (int64_t r = 0; r < n; ++r) {
+                     parallel_for(n, n * (t + 1) * d > kParallelElements, [&](int64_t r) {
                        add_bias_row(q_.data() + r * d, self.q_bias, d);
                        add_bias_row(k_.data() + r * d, self.k_bias, d);
                        add_bias_row(v_.data() + r * d, self.v_bias, d);
                        kernels::quantize_row(kv_type_, k_.data() + r * d, keys + r * d * kv_size_, d);
                        kernels::quantize_row(kv_type_, v_.data() + r * d, values + r * d * kv_size_, d);
                        attend_cache(l, r, q_.data() + r * d, attended_.data() + r * d);
-                     }
+                     });
                      ops::matmul(self.out, attended_.data(), n, out, d);
                    });
     const auto& cross = layer.cross_attention;
@@ -551,14 +550,16 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
                      ops::matmul(cross.q, in, n, q_.data(), d);
                      const uint8_t* keys = cross_keys_.data() + l * source_tokens * d * kv_size_;
                      const uint8_t* values = cross_values_.data() + l * source_tokens * d * kv_size_;
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && n * longest_source_ * d > kParallelElements)
-                     for (size_t block = 0; block < row_blocks_.size(); ++block) {
-                       const auto [first, count] = row_blocks_[block];
-                       for (int64_t r = first; r < first + count; ++r) add_bias_row(q_.data() + r * d, cross.q_bias, d);
-                       const int32_t s = sentence_[first];
-                       attend_rows(q_.data() + first * d, count, kv_type_, keys, values, source_tokens,
-                                   source_start_[s], source_length_[s], attended_.data() + first * d);
-                     }
+                     parallel_for(
+                         static_cast<int64_t>(row_blocks_.size()), n * longest_source_ * d > kParallelElements,
+                         [&](int64_t block) {
+                           const auto [first, count] = row_blocks_[block];
+                           for (int64_t r = first; r < first + count; ++r) add_bias_row(q_.data() + r * d, cross.q_bias, d);
+                           const int32_t s = sentence_[first];
+                           attend_rows(q_.data() + first * d, count, kv_type_, keys, values, source_tokens,
+                                       source_start_[s], source_length_[s], attended_.data() + first * d);
+                         },
+                         Schedule::Dynamic);
                      ops::matmul(cross.out, attended_.data(), n, out, d);
                    });
     const auto& w = layer.ffn;

@@ -20,6 +20,7 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "engine/parallel.h"
 #include "engine/loading.h"
 #include "kernels/kernels.h"
 
@@ -251,11 +252,10 @@ class LlamaState final : public DecoderState {
     float *gate = gate_.get(), *up = up_.get();
 
     float* rope = rope_.get();  // each position's rotation, [n][head_dim]
-#pragma omp parallel for if (n > 1)
-    for (int64_t i = 0; i < n; ++i) {
+    parallel_for(n, true, [&](int64_t i) {
       ops::embedding(m.token_embedding, tokens[i], x + i * dim);
       ops::rope_rotation(first_pos + i, m.rope_inv_freq.data(), head_dim / 2, rope + i * head_dim);
-    }
+    });
 
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const LlamaLayer& layer = m.layers[l];
@@ -270,8 +270,7 @@ class LlamaState final : public DecoderState {
       if (layer.q_bias) ops::add_bias(q, layer.q_bias, n, q_dim);
       if (layer.k_bias) ops::add_bias(k, layer.k_bias, n, kv_dim);
       if (layer.v_bias) ops::add_bias(v, layer.v_bias, n, kv_dim);
-#pragma omp parallel for if (n > 1)
-      for (int64_t i = 0; i < n; ++i) {
+      parallel_for(n, true, [&](int64_t i) {
         const int64_t pos = first_pos + i;
         ops::rope(q + i * q_dim, c.n_heads, head_dim, rope + i * head_dim);
         ops::rope(k + i * kv_dim, c.n_kv_heads, head_dim, rope + i * head_dim);
@@ -280,7 +279,7 @@ class LlamaState final : public DecoderState {
           kernels::quantize_row(kv_type_, k + from, key_cache + to, head_dim);
           kernels::quantize_row(kv_type_, v + from, value_cache + to, head_dim);
         }
-      }
+      });
       ops::attention(q, {kv_type_, key_rows_.data(), value_rows_.data(), capacity_, l * c.n_kv_heads}, n, first_pos,
                      shape, attn_out);
       ops::matmul(layer.attn_out, attn_out, n, xb, dim, x);

@@ -7,6 +7,7 @@
 
 #include <omp.h>
 
+#include "engine/parallel.h"
 #include "kernels/kernels.h"
 
 namespace octet::ops {
@@ -18,9 +19,9 @@ void matmul(const Matrix& w, const float* x, int64_t m, float* y, int64_t ldy, f
   }
   kernels::matmul(w.dtype, w.data, w.rows, w.cols, x, m, y, ldy);
   if (residual == nullptr) return;
-#pragma omp parallel for if (m * w.rows > 65536)
-  for (int64_t i = 0; i < m; ++i)
+  parallel_for(m, m * w.rows > 65536, [&](int64_t i) {
     for (int64_t r = 0; r < w.rows; ++r) residual[i * ldy + r] += y[i * ldy + r];
+  });
 }
 
 void matmul(std::initializer_list<Product> products, const float* x, int64_t m) {
@@ -46,32 +47,29 @@ void embedding(const Matrix& table, int32_t id, float* out) {
 }
 
 void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t n, float eps) {
-#pragma omp parallel for if (rows > 1)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, true, [&](int64_t r) {
     const float* in = x + r * n;
     float sum_squares = 0.0f;
     for (int64_t i = 0; i < n; ++i) sum_squares += in[i] * in[i];
     const float inv_rms = 1.0f / std::sqrt(sum_squares / n + eps);
     for (int64_t i = 0; i < n; ++i) out[r * n + i] = in[i] * inv_rms * weight[i];
-  }
+  });
 }
 
 void swiglu(float* gate, const float* up, int64_t n) {
   constexpr int64_t kChunk = 4096;  // a parallel unit: long enough to amortize, short enough to share
-#pragma omp parallel for if (n > 65536)
-  for (int64_t start = 0; start < n; start += kChunk) {
-    const int64_t count = std::min(kChunk, n - start);
+  parallel_for((n + kChunk - 1) / kChunk, n > 65536, [&](int64_t chunk) {
+    const int64_t start = chunk * kChunk, count = std::min(kChunk, n - start);
     kernels::silu(gate + start, nullptr, count);
     for (int64_t i = start; i < start + count; ++i) gate[i] *= up[i];
-  }
+  });
 }
 
 void add_bias(float* x, const float* bias, int64_t rows, int64_t n) {
   // One region for all rows: a parallel region per row costs more than small rows' additions.
-#pragma omp parallel for if (rows * n > 65536)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * n > 65536, [&](int64_t r) {
     for (int64_t i = 0; i < n; ++i) x[r * n + i] += bias[i];
-  }
+  });
 }
 
 std::vector<float> rope_inverse_frequencies(int64_t head_dim, float theta, const RopeScaling& scaling) {
@@ -251,27 +249,25 @@ void layernorm(const float* x, const float* weight, const float* bias, float* ou
                float eps) {
   // A region pays for itself from a few thousand elements: the other threads would otherwise
   // wait through the rows.
-#pragma omp parallel for if (rows > 1 && rows * n >= (1 << 13))
-  for (int64_t r = 0; r < rows; ++r) layernorm_row(x + r * n, weight, bias, out + r * n, n, eps);
+  parallel_for(rows, rows * n >= (1 << 13), [&](int64_t r) { layernorm_row(x + r * n, weight, bias, out + r * n, n, eps); });
 }
 
 void activate(Activation activation, float* x, int64_t n) {
   switch (activation) {
     case Activation::Relu:
-#pragma omp parallel for if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) x[i] = std::max(x[i], 0.0f);
+      parallel_for(n, n > 65536, [&](int64_t i) { x[i] = std::max(x[i], 0.0f); });
       break;
     case Activation::Gelu:
-#pragma omp parallel for if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * (1.0f / std::numbers::sqrt2_v<float>)));
+      parallel_for(n, n > 65536, [&](int64_t i) {
+        x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * (1.0f / std::numbers::sqrt2_v<float>)));
+      });
       break;
     case Activation::GeluTanh: {
       const float sqrt_2_over_pi = std::sqrt(2.0f / std::numbers::pi_v<float>);
-#pragma omp parallel for if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) {
+      parallel_for(n, n > 65536, [&](int64_t i) {
         const float v = x[i];
         x[i] = 0.5f * v * (1.0f + std::tanh(sqrt_2_over_pi * (v + 0.044715f * v * v * v)));
-      }
+      });
       break;
     }
     case Activation::Swish:

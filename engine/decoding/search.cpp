@@ -52,6 +52,7 @@
 
 #include "engine/decoding/sampler.h"
 #include "engine/error.h"
+#include "engine/parallel.h"
 #include "kernels/kernels.h"
 
 namespace octet {
@@ -481,8 +482,8 @@ class Search {
   // then for beam search the row's best keep_ candidates, for greedy search the argmax and its
   // log-prob (sampling draws later, in sentence order).
   void prepare(int32_t rows) {
-#pragma omp parallel for schedule(dynamic, 1) if (rows > 1)
-    for (int32_t r = 0; r < rows; ++r) {
+    const auto prepare_row = [&](int64_t row) {
+      const int32_t r = static_cast<int32_t>(row);
       float* x = logits(r);
       if (beam_ > 1) {
         // The last log_softmax is not written out: top_candidates applies it. When the processors
@@ -498,11 +499,11 @@ class Search {
         }
         row_counts_[r] =
             top_candidates(r, rows_.scores[r], row_shifts_[r], row_candidates_.data() + static_cast<size_t>(r) * keep_);
-        continue;
+        return;
       }
       add_logits_bias(x);
       processors_.apply(x, history(r));
-      if (sampler_) continue;
+      if (sampler_) return;
       // The first of equal maxima (std::max_element), then its log_softmax.
       bool nan;
       float* span_max = row_span_max(r);
@@ -512,7 +513,7 @@ class Search {
         log_softmax(x, vocab_);
         row_tokens_[r] = token;
         row_logprobs_[r] = x[token];
-        continue;
+        return;
       }
       // The first maximum is in the first span whose maximum it is.
       int32_t span = 0;
@@ -522,7 +523,8 @@ class Search {
       row_tokens_[r] = token;
       row_logprobs_[r] = max == kNegInf ? kNegInf
                                         : (x[token] - max) - static_cast<float>(std::log(kernels::sum_exp(x, vocab_, max)));
-    }
+    };
+    parallel_for(rows, true, prepare_row, Schedule::Dynamic);
   }
 
   bool greedy_step(int32_t index, int32_t row) {
