@@ -165,8 +165,7 @@ void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_po
     outputs.resize(max_queries * head_dim);
     scratch.resize(kernels::attend_scratch_floats(max_queries, n_keys_max, head_dim));
     key_counts.resize(max_queries);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < blocks * items_per_block; ++item) {
+    const auto attend_item = [&](int64_t item) {
       const int64_t i0 = item / items_per_block * positions_per_item, h0 = item % items_per_block * heads_per_item;
       const int64_t kv = h0 / group, positions = std::min(positions_per_item, n - i0);
       const auto first_key_at = [&](int64_t pos) {
@@ -196,7 +195,7 @@ void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_po
           attend(q + i * q_dim + h0 * head_dim, out + i * q_dim + h0 * head_dim, heads_per_item, first_key,
                  first_pos + i + 1 - first_key, nullptr);
         }
-        continue;
+        return;
       }
       for (int64_t p = 0; p < positions; ++p) {
         const float* from = q + (i0 + p) * q_dim + h0 * head_dim;
@@ -208,6 +207,16 @@ void attention(const float* q, const KvCache& cache, int64_t n, int64_t first_po
         const float* from = outputs.data() + p * heads_per_item * head_dim;
         std::copy(from, from + heads_per_item * head_dim, out + (i0 + p) * q_dim + h0 * head_dim);
       }
+    };
+    const int64_t items = blocks * items_per_block;
+    if (n == 1) {
+      // A decode step's items are alike: a static share spares the dynamic loop's shared counter,
+      // a cross-core round trip per item.
+#pragma omp for schedule(static)
+      for (int64_t item = 0; item < items; ++item) attend_item(item);
+    } else {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t item = 0; item < items; ++item) attend_item(item);
     }
   }
 }

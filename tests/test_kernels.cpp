@@ -838,8 +838,12 @@ TEST_CASE("packed: several products of one input in one call give each the bits 
   // q, k and v of a layer: different N (with and without tail rows), the same K and X.
   BackendGuard guard;
   std::mt19937 rng(105);
+  // m = 1 is the GEMV path, whose thread shares run across the products end to end; at k = 4096
+  // it is parallel.
+  for (auto [m, k] : {std::pair<int64_t, int64_t>{3, 256}, {1, 256}, {1, 4096}})
   for (DType t : kPackedTypes) {
-    const int64_t k = 256, m = 3;
+    CAPTURE(m);
+    CAPTURE(k);
     const int64_t ns[] = {64, 21, 5};
     std::vector<std::vector<uint8_t>> ws;
     std::vector<PackedBuffer> buffers;
