@@ -216,8 +216,7 @@ void matmul_packed(std::span<const PackedProduct> products, const float* X, int6
     } else {
 #pragma omp for schedule(static)
       for (int64_t m = 0; m < M; ++m) quantize_row(m);
-      // Dynamic: on a loaded machine a descheduled thread's chunks go to the other threads. Which
-      // thread computes an output does not change its bits.
+      // Dynamic, as in matmul: many chunks, so a descheduled thread's go to the other threads.
 #pragma omp for schedule(dynamic, 1)
       for (int64_t c = 0; c < chunks; ++c) {
         size_t j = 0;
