@@ -20,8 +20,8 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
-#include "engine/parallel.h"
 #include "engine/loading.h"
+#include "engine/parallel.h"
 #include "kernels/kernels.h"
 
 namespace octet {

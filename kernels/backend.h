@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/blocks.h"
 #include "kernels/kernels.h"
@@ -18,6 +19,14 @@ constexpr int kTileRows = 4;
 // of the scalar one, so that all backends multiply the same integers. When `sums` is not null,
 // sums[b] = the sum of block b's qs (the packed kernels' corrections come from it).
 using QuantizeActFn = void (*)(const float* x, BlockQ8A* out, int64_t k, int32_t* sums);
+
+// What a SIMD quantizer writes for a block whose amax is 0 (after its d = 0): the scalar
+// quantizer's bytes, zero quants, s = 0, and a block sum of 0 when sums are asked for.
+inline void store_zero_block(BlockQ8A& block, int32_t* sum) {
+  std::memset(block.qs, 0, sizeof block.qs);
+  block.s = 0;
+  if (sum) *sum = 0;
+}
 
 // For one weight row w of k elements and `rows` (1..kTileRows) activation rows:
 //   y[r * ldy] = dot(w, activation row r),  r < rows.

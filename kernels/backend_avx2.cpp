@@ -46,9 +46,7 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k, int32_t* sums) {
     const float d = hmax(amax) / 127.0f;
     out[b].d = d;
     if (d == 0) {
-      _mm256_storeu_si256((__m256i*)out[b].qs, _mm256_setzero_si256());
-      out[b].s = 0;
-      if (sums) sums[b] = 0;
+      store_zero_block(out[b], sums ? sums + b : nullptr);
       continue;
     }
     const __m256 vd = _mm256_set1_ps(d);

@@ -28,9 +28,7 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k, int32_t* sums) {
     const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 127.0f;
     out[b].d = d;
     if (d == 0) {
-      _mm256_storeu_si256((__m256i*)out[b].qs, _mm256_setzero_si256());
-      out[b].s = 0;
-      if (sums) sums[b] = 0;
+      store_zero_block(out[b], sums ? sums + b : nullptr);
       continue;
     }
     const __m512 vd = _mm512_set1_ps(d);

@@ -36,9 +36,7 @@ void quantize_act(const float* x, BlockQ8A* out, int64_t k, int32_t* sums) {
     const float d = vmaxnmvq_f32(amax) / 127.0f;
     out[b].d = d;
     if (d == 0) {
-      std::memset(out[b].qs, 0, kBlockSize);
-      out[b].s = 0;
-      if (sums) sums[b] = 0;
+      store_zero_block(out[b], sums ? sums + b : nullptr);
       continue;
     }
     const float32x4_t vd = vdupq_n_f32(d);
