@@ -17,8 +17,6 @@
 //   attention(h) = softmax(q k^T / sqrt(head_dim)) v Wout + bout, q, k, v = h Wq + bq, ...
 #include "engine/encdec.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -41,6 +39,23 @@ constexpr int64_t kParallelElements = 1 << 13;
 // Queries of one attention call, which share every key and value load: a sentence's tokens in
 // the encoder, a sentence's beams in cross-attention.
 constexpr int64_t kQueriesPerCall = 8;
+
+// The calling thread's attention scratch for n_keys keys: scores and key/value row pointers. Its
+// own whatever team it is in: a translator runs batches side by side, their ops each on one
+// thread, where omp_get_thread_num numbers the outer team.
+struct AttentionScratch {
+  float* scores;
+  const void** key_rows;
+  const void** value_rows;
+};
+AttentionScratch attention_scratch(int64_t n_keys, int64_t head_dim) {
+  thread_local std::vector<float> scores;
+  thread_local std::vector<const void*> key_rows, value_rows;
+  const size_t floats = kernels::attend_scratch_floats(kQueriesPerCall, n_keys, head_dim);
+  if (scores.size() < floats) scores.resize(floats);
+  if (key_rows.size() < static_cast<size_t>(n_keys)) key_rows.resize(n_keys), value_rows.resize(n_keys);
+  return {scores.data(), key_rows.data(), value_rows.data()};
+}
 
 [[noreturn]] void bad_file(const std::string& message) { fail(ErrorCode::Format, "encdec: " + message); }
 
@@ -287,19 +302,6 @@ EncDecState::EncDecState(std::shared_ptr<const EncDecModel> model, DType kv_type
     fail(ErrorCode::InvalidArgument, std::string("translation caches are f32 or f16, not ") + kernels::dtype_name(kv_type));
 }
 
-int64_t EncDecState::scores_stride() const {
-  return kernels::attend_scratch_floats(kQueriesPerCall, scratch_keys_, model_->config().head_dim);
-}
-
-void EncDecState::ensure_thread_scratch(int64_t n_keys) {
-  const int64_t threads = omp_get_max_threads();
-  if (n_keys <= scratch_keys_ && static_cast<int64_t>(scores_.size()) >= threads * scores_stride()) return;
-  scratch_keys_ = std::max(n_keys, scratch_keys_);
-  scores_.resize(threads * scores_stride());
-  key_rows_.resize(threads * scratch_keys_);
-  value_rows_.resize(threads * scratch_keys_);
-}
-
 // x[i] = table[ids[i]] * embedding_scale + positions[positions_of[i]], then the embedding norm.
 void EncDecState::embed(const Matrix& table, const Matrix& positions, const EncDecModel::Norm& norm,
                         const int32_t* ids, const int32_t* positions_of, int64_t n, float* x) {
@@ -362,14 +364,12 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
     }
   }
 
-  // Activations for the larger of the source tokens and a step's rows; attention scratch for the
-  // longest key list (a source, or the decoder's positions, both at most max_positions).
+  // Activations for the larger of the source tokens and a step's rows.
   const int64_t rows = std::max<int64_t>(n, max_rows);
   for (auto* buffer : {&x_, &h_, &o_, &q_, &k_, &v_, &attended_}) buffer->resize(rows * d);
   head_major_keys_.resize(n * d * sizeof(float));
   head_major_values_.resize(n * d * sizeof(float));
   ffn_.resize(rows * c.ffn_dim);
-  ensure_thread_scratch(c.max_positions);
 
   float* x = x_.data();
   embed(m.encoder_embedding, m.encoder_positions, m.encoder_embedding_norm, tokens.data(), positions.data(), n, x);
@@ -434,16 +434,16 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
 void EncDecState::attend_rows(const float* q, int64_t n_q, DType type, const uint8_t* keys, const uint8_t* values,
                               int64_t tokens, int64_t first, int64_t count, float* out) {
   const EncDecConfig& c = model_->config();
-  const int64_t thread = omp_get_thread_num();
-  const void** key_rows = key_rows_.data() + thread * scratch_keys_;
-  const void** value_rows = value_rows_.data() + thread * scratch_keys_;
+  const AttentionScratch scratch = attention_scratch(count, c.head_dim);
+  const void** key_rows = scratch.key_rows;
+  const void** value_rows = scratch.value_rows;
   const size_t vector_bytes = kernels::row_bytes(type, c.head_dim);
   for (int64_t j = 0; j < count; ++j) {
     key_rows[j] = keys + (first + j) * vector_bytes;
     value_rows[j] = values + (first + j) * vector_bytes;
   }
   ops::attend(q, n_q, type, key_rows, value_rows, count, c.n_heads, c.head_dim, tokens * c.head_dim,
-              scores_.data() + thread * scores_stride(), out);
+              scratch.scores, out);
 }
 
 // rows ([n][d_model], heads side by side) plus bias (if any) into out as [head][n][head_dim] of
@@ -483,7 +483,6 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
     fail(ErrorCode::InvalidArgument, "step: the target is longer than the model's " +
                                          std::to_string(c.max_positions) + " positions");
   }
-  ensure_thread_scratch(c.max_positions);  // the caller may have changed the thread count
   // On the first step parents are sentences, then rows of the previous step.
   const int64_t parent_count = t == 0 ? static_cast<int64_t>(source_start_.size()) : rows_;
   for (int64_t r = 0; r < n; ++r) {
@@ -577,9 +576,9 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
 void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* out) {
   const EncDecConfig& c = model_->config();
   const int64_t d = c.d_model, n_keys = steps_ + 1;
-  const int64_t thread = omp_get_thread_num();
-  const void** key_rows = key_rows_.data() + thread * scratch_keys_;
-  const void** value_rows = value_rows_.data() + thread * scratch_keys_;
+  const AttentionScratch scratch = attention_scratch(n_keys, c.head_dim);
+  const void** key_rows = scratch.key_rows;
+  const void** value_rows = scratch.value_rows;
   const int32_t* origin = origin_.data() + r * c.max_positions;
   for (int64_t p = 0; p < n_keys; ++p) {
     const size_t offset = ((p * c.decoder_layers + layer) * max_rows_ + origin[p]) * d * kv_size_;
@@ -587,7 +586,7 @@ void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* 
     value_rows[p] = self_values_.data() + offset;
   }
   ops::attend(q, 1, kv_type_, key_rows, value_rows, n_keys, c.n_heads, c.head_dim, c.head_dim,
-              scores_.data() + thread * scores_stride(), out);
+              scratch.scores, out);
 }
 
 // The caches are position-major, so growing keeps every cached vector where it is; they double,

@@ -137,8 +137,6 @@ class EncDecState final : public DecoderStep {
   void to_head_major(const float* rows, const float* bias, int64_t n, DType type, uint8_t* out) const;
   void attend_cache(int64_t layer, int64_t row, const float* q, float* out);
   void grow_self_attention_cache(int64_t positions);
-  void ensure_thread_scratch(int64_t n_keys);
-  int64_t scores_stride() const;
 
   std::shared_ptr<const EncDecModel> model_;
   bool defer_logits_bias_ = false;
@@ -170,10 +168,6 @@ class EncDecState final : public DecoderStep {
   std::vector<float> x_, h_, o_, q_, k_, v_, attended_, ffn_;
   // The encoder layer's keys and values, f32, [head][source tokens][head_dim].
   std::vector<uint8_t> head_major_keys_, head_major_values_;
-  // Per OpenMP thread: attention scores and key/value row pointers.
-  int64_t scratch_keys_ = 0;
-  std::vector<float> scores_;  // scores_stride() floats per thread
-  std::vector<const void*> key_rows_, value_rows_;
 };
 
 }  // namespace octet

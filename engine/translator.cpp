@@ -1,7 +1,11 @@
 #include "engine/translator.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <limits>
 
 #include "engine/error.h"
@@ -76,7 +80,9 @@ std::vector<Part> split_sentences(std::string_view text) {
 }  // namespace
 
 Translator::Translator(std::shared_ptr<const EncDecModel> model, DType kv_type)
-    : model_(std::move(model)), state_(model_, kv_type) {}
+    : model_(std::move(model)), kv_type_(kv_type) {
+  states_.push_back(std::make_unique<EncDecState>(model_, kv_type));
+}
 
 TranslationOptions Translator::default_options() const {
   const GenerationDefaults& g = model_->generation_defaults();
@@ -165,6 +171,7 @@ std::vector<Translation> Translator::translate(std::span<const std::string> sent
   // A batch shares one length limit, so only segments of equal limits are batched: results
   // never depend on what else is in the batch.
   const size_t batch_size = stream ? 1 : static_cast<size_t>(options.batch_size);
+  std::vector<std::span<Segment*>> batches;
   for (size_t first = 0; first < order.size();) {
     size_t last = first + 1;
     size_t tokens = order[first]->ids.size();
@@ -172,8 +179,37 @@ std::vector<Translation> Translator::translate(std::span<const std::string> sent
            (options.max_batch_tokens == 0 || tokens + order[last]->ids.size() <= size_t(options.max_batch_tokens))) {
       tokens += order[last++]->ids.size();
     }
-    translate_batch(std::span(order).subspan(first, last - first), options, prefix, stream);
+    batches.push_back(std::span(order).subspan(first, last - first));
     first = last;
+  }
+  // Several batches run side by side, one per thread, each on its own state with every op on
+  // that thread: no barrier and no activation crosses cores within a batch. A single batch (or a
+  // stream, which goes in input order) has the whole team inside each op instead.
+  const int workers = stream ? 1 : static_cast<int>(std::min<size_t>(omp_get_max_threads(), batches.size()));
+  if (workers <= 1) {
+    for (std::span<Segment*> batch : batches) translate_batch(*states_[0], batch, options, prefix, stream);
+  } else {
+    while (static_cast<int>(states_.size()) < workers) states_.push_back(std::make_unique<EncDecState>(model_, kv_type_));
+    std::exception_ptr error;
+    std::atomic<bool> failed = false;
+#pragma omp parallel num_threads(workers)
+    {
+      omp_set_num_threads(1);  // for the ops inside this thread's batches
+      EncDecState& state = *states_[omp_get_thread_num()];
+      // Longest batches first (the order is by length), so the last to start are the shortest.
+#pragma omp for schedule(dynamic, 1)
+      for (size_t i = 0; i < batches.size(); ++i) {
+        if (failed) continue;
+        try {
+          translate_batch(state, batches[i], options, prefix, stream);
+        } catch (...) {
+#pragma omp critical(octet_translator_error)
+          if (!error) error = std::current_exception();
+          failed = true;
+        }
+      }
+    }
+    if (error) std::rethrow_exception(error);
   }
 
   // Back to input order, joining the parts of split sentences.
@@ -201,7 +237,7 @@ std::vector<Translation> Translator::translate(std::span<const std::string> sent
   return results;
 }
 
-void Translator::translate_batch(std::span<Segment*> batch, const TranslationOptions& options,
+void Translator::translate_batch(EncDecState& state, std::span<Segment*> batch, const TranslationOptions& options,
                                  std::span<const int32_t> prefix, const TranslationStream& stream) {
   const EncDecConfig& c = model_->config();
   std::vector<int32_t> tokens, lengths;
@@ -210,7 +246,7 @@ void Translator::translate_batch(std::span<Segment*> batch, const TranslationOpt
     lengths.push_back(static_cast<int32_t>(s->ids.size()));
   }
   const int32_t n = static_cast<int32_t>(batch.size());
-  state_.encode(tokens, lengths, n * options.beam_size);
+  state.encode(tokens, lengths, n * options.beam_size);
 
   SearchOptions search_options;
   search_options.beam_size = options.beam_size;
@@ -242,8 +278,8 @@ void Translator::translate_batch(std::span<Segment*> batch, const TranslationOpt
       return text.empty() || stream(batch[index]->sentence, text);
     };
   }
-  state_.defer_logits_bias(true);  // search() adds it to each row of logits as it reads it
-  std::vector<std::vector<Hypothesis>> results = search(state_, n, c.decoder_start_id, eos, search_options, on_settled);
+  state.defer_logits_bias(true);  // search() adds it to each row of logits as it reads it
+  std::vector<std::vector<Hypothesis>> results = search(state, n, c.decoder_start_id, eos, search_options, on_settled);
   for (int32_t i = 0; i < n; ++i) {
     if (stream) emit(*batch[i], detokenizers[i].finish());
     batch[i]->hypotheses = std::move(results[i]);

@@ -63,11 +63,13 @@ class Translator {
   struct Segment;
   std::vector<Segment> segment(std::span<const std::string> sentences) const;
   std::vector<int32_t> source_ids(std::string_view text) const;
-  void translate_batch(std::span<Segment*> batch, const TranslationOptions& options,
+  void translate_batch(EncDecState& state, std::span<Segment*> batch, const TranslationOptions& options,
                        std::span<const int32_t> prefix, const TranslationStream& stream);
 
   std::shared_ptr<const EncDecModel> model_;
-  EncDecState state_;
+  DType kv_type_;
+  // One per batch in flight: [0] always, more made when batches run side by side.
+  std::vector<std::unique_ptr<EncDecState>> states_;
 };
 
 }  // namespace octet

@@ -5,6 +5,7 @@
 // transformers goldens (tests/data/marian) and the real CTranslate2 model in ../shared.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <cstdio>
@@ -639,6 +640,23 @@ TEST_CASE("translating in batches gives what translating one by one gives, in in
       }
       if (beam > 1 && !sentences[i].empty()) CHECK(together[i][0].score >= together[i][1].score);
     }
+  }
+}
+
+TEST_CASE("batches run side by side, one per thread, give what they give one after another") {
+  TinyTranslator tiny;
+  const auto sentences = sample_sentences();
+  const int threads = omp_get_max_threads();
+  for (const int32_t beam : {1, 4}) {
+    CAPTURE(beam);
+    TranslationOptions o = small_options(beam);
+    o.batch_size = 2;  // several batches, so several workers
+    omp_set_num_threads(1);
+    const auto one_by_one = tiny.translator->translate(sentences, o);
+    omp_set_num_threads(3);  // more workers than cores: they still may not share a state
+    const auto side_by_side = tiny.translator->translate(sentences, o);
+    omp_set_num_threads(threads);
+    check_same(side_by_side, one_by_one);
   }
 }
 
