@@ -236,8 +236,11 @@ def ct2_worker(a):
     lines = [l for l in Path(a.sentences).read_text().split("\n") if l]
     tokens = [sp.encode(l, out_type=str) + ["</s>"] for l in lines]
     t0 = time.perf_counter()
-    tr = ctranslate2.Translator(a.ct2_model, device="cpu", compute_type="int8", inter_threads=1,
-                                intra_threads=a.threads)
+    # "intra": CTranslate2's default layout, one batch at a time with the threads inside each op;
+    # "inter": its throughput layout, batches side by side, one thread each.
+    inter = a.ct2_layout == "inter"
+    tr = ctranslate2.Translator(a.ct2_model, device="cpu", compute_type="int8",
+                                inter_threads=a.threads if inter else 1, intra_threads=1 if inter else a.threads)
     load_s = time.perf_counter() - t0
     out = {"load_ms": 1e3 * load_s, "translate": {}, "version": ctranslate2.__version__}
     for beam in a.beams:
@@ -265,10 +268,11 @@ def compare_translation(a):
         lines = [l for l in sentences.read_text().split("\n") if l][:a.n_sentences]
         sentences = tmp / f"sentences.first{a.n_sentences}.txt"
         sentences.write_text("\n".join(lines) + "\n")
-    o_runs, c_runs = [], []
+    o_runs, c_runs = [], {"intra": [], "inter": []}
     beams = ",".join(map(str, a.beams))
     for r in range(a.translation_rounds):
-        order = ["octet", "ct2"] if r % 2 == 0 else ["ct2", "octet"]
+        order = ["octet", "intra", "inter"]
+        order = order[r % 3:] + order[:r % 3]
         for side in order:
             if side == "octet":
                 out = tmp / "octet-tr.json"
@@ -277,26 +281,31 @@ def compare_translation(a):
                                 "--max-length", str(a.max_length), "--json", str(out), str(ours)], out)["results"][0]
                 o_runs.append(res)
             else:
-                c_runs.append(run_json([sys.executable, __file__, "--ct2-worker", str(theirs), "--sentences",
-                                        str(sentences), "--threads", str(a.threads), "--runs", "1", "--beams", beams,
-                                        "--batch", str(a.batch), "--max-length", str(a.max_length)]))
+                c_runs[side].append(run_json([sys.executable, __file__, "--ct2-worker", str(theirs), "--ct2-layout",
+                                              side, "--sentences", str(sentences), "--threads", str(a.threads),
+                                              "--runs", "1", "--beams", beams, "--batch", str(a.batch),
+                                              "--max-length", str(a.max_length)]))
         log(f"translation round {r + 1}: " + ", ".join(
-            f"beam {b}: octet {o_runs[-1]['translate'][str(b)]['target_tokens_per_s']:.0f} tok/s, "
-            f"ct2 {c_runs[-1]['translate'][str(b)]['target_tokens_per_s']:.0f} tok/s" for b in a.beams))
+            f"beam {b}: octet {o_runs[-1]['translate'][str(b)]['target_tokens_per_s']:.0f} tok/s, ct2 " +
+            " / ".join(f"{c_runs[k][-1]['translate'][str(b)]['target_tokens_per_s']:.0f}" for k in c_runs) +
+            " tok/s (intra / inter)" for b in a.beams))
     result = {"sentences": str(sentences), "batch": a.batch, "max_length": a.max_length, "by_beam": {},
-              "ct2_version": c_runs[0]["version"]}
+              "ct2_version": c_runs["intra"][0]["version"]}
+    keys = ("sentences_per_s", "target_tokens_per_s")
     for b in map(str, a.beams):
-        o = {k: med([x["translate"][b][k] for x in o_runs]) for k in ("sentences_per_s", "target_tokens_per_s")}
-        c = {k: med([x["translate"][b][k] for x in c_runs]) for k in ("sentences_per_s", "target_tokens_per_s")}
+        o = {k: med([x["translate"][b][k] for x in o_runs]) for k in keys}
         o["target_tokens"] = o_runs[-1]["translate"][b]["target_tokens"]
-        c["target_tokens"] = c_runs[-1]["translate"][b]["target_tokens"]
-        result["by_beam"][b] = {"octet": o, "ctranslate2": c,
-                                "ratio_tokens_per_s": o["target_tokens_per_s"] / c["target_tokens_per_s"],
-                                "ratio_sentences_per_s": o["sentences_per_s"] / c["sentences_per_s"]}
+        result["by_beam"][b] = {"octet": o}
+        for layout, runs in c_runs.items():
+            c = {k: med([x["translate"][b][k] for x in runs]) for k in keys}
+            c["target_tokens"] = runs[-1]["translate"][b]["target_tokens"]
+            result["by_beam"][b][f"ctranslate2_{layout}"] = c
+            result["by_beam"][b][f"ratio_tokens_per_s_{layout}"] = o["target_tokens_per_s"] / c["target_tokens_per_s"]
+            result["by_beam"][b][f"ratio_sentences_per_s_{layout}"] = o["sentences_per_s"] / c["sentences_per_s"]
     result["octet_load_ms"] = med([x["load_ms"]["median"] for x in o_runs])
-    result["ct2_load_ms"] = med([x["load_ms"] for x in c_runs])
+    result["ct2_load_ms"] = med([x["load_ms"] for x in c_runs["intra"]])
     result["octet_peak_rss_mib"] = med([x["peak_rss_mib"] for x in o_runs])
-    result["ct2_peak_rss_mib"] = med([x["peak_rss_mib"] for x in c_runs])
+    result["ct2_peak_rss_mib"] = {layout: med([x["peak_rss_mib"] for x in runs]) for layout, runs in c_runs.items()}
     return result
 
 
@@ -321,11 +330,13 @@ def print_tables(report):
     t = report.get("translation")
     if t:
         print(f"\ntranslation opus-mt-en-zh shape, {t['batch']} per batch, max length {t['max_length']}")
-        print(f"  {'':8} {'Octet tok/s':>12} {'CT2 tok/s':>10} {'ratio':>6} {'Octet sent/s':>13} {'CT2 sent/s':>11}")
+        print("  CT2 intra: one batch at a time, threads inside each op (its default); "
+              "inter: batches side by side, a thread each")
+        print(f"  {'':8} {'Octet tok/s':>12} {'CT2 intra':>10} {'ratio':>6} {'CT2 inter':>10} {'ratio':>6}")
         for b, v in t["by_beam"].items():
-            print(f"  beam {b:3} {v['octet']['target_tokens_per_s']:12.1f} {v['ctranslate2']['target_tokens_per_s']:10.1f} "
-                  f"{v['ratio_tokens_per_s']:6.2f} {v['octet']['sentences_per_s']:13.2f} "
-                  f"{v['ctranslate2']['sentences_per_s']:11.2f}")
+            print(f"  beam {b:3} {v['octet']['target_tokens_per_s']:12.1f} "
+                  f"{v['ctranslate2_intra']['target_tokens_per_s']:10.1f} {v['ratio_tokens_per_s_intra']:6.2f} "
+                  f"{v['ctranslate2_inter']['target_tokens_per_s']:10.1f} {v['ratio_tokens_per_s_inter']:6.2f}")
     bw = report.get("bandwidth_before"), report.get("bandwidth_after")
     if all(bw):
         print(f"\nbandwidth read GB/s before/after: {bw[0]['read_gb_s']:.1f} / {bw[1]['read_gb_s']:.1f}; "
@@ -355,6 +366,7 @@ def main():
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--llama-worker", dest="model", help=argparse.SUPPRESS)
     ap.add_argument("--ct2-worker", dest="ct2_model", help=argparse.SUPPRESS)
+    ap.add_argument("--ct2-layout", choices=("intra", "inter"), default="intra", help=argparse.SUPPRESS)
     ap.add_argument("--sentences", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.prompts = [int(x) for x in a.prompts.split(",")]
