@@ -136,6 +136,7 @@ class EncDecState final : public DecoderStep {
                    int64_t first, int64_t count, float* out);
   void to_head_major(const float* rows, const float* bias, int64_t n, DType type, uint8_t* out) const;
   void attend_cache(int64_t layer, int64_t row, const float* q, float* out);
+  void prefetch_cache(int64_t layer, int64_t row) const;
   void grow_self_attention_cache(int64_t positions);
 
   std::shared_ptr<const EncDecModel> model_;
