@@ -655,6 +655,7 @@ TEST_CASE("batches run side by side, one per thread, give what they give one aft
     const auto one_by_one = tiny.translator->translate(sentences, o);
     omp_set_num_threads(3);  // more workers than cores: they still may not share a state
     const auto side_by_side = tiny.translator->translate(sentences, o);
+    CHECK(omp_get_max_threads() == 3);  // the workers' one thread each stays inside their region
     omp_set_num_threads(threads);
     check_same(side_by_side, one_by_one);
   }
