@@ -193,7 +193,10 @@ typedef struct octet_translate_params {
   int32_t no_repeat_ngram_size; /* 0: off. default: the model's, else 0 */
   float repetition_penalty;     /* 1: off (HF semantics). default 1 */
   const char* prefix;           /* target text every translation starts with; NULL or "": none */
-  int32_t n_threads;            /* 0 (default): all cores */
+  /* 0 (default): all cores. With several batches, up to n_threads of them run side by side, one
+   * thread each (a decoder state each: more memory); a single batch, or a stream, has all the
+   * threads inside each op. */
+  int32_t n_threads;
   octet_translation_callback callback; /* NULL (default): no streaming */
   void* user_data;
 } octet_translate_params;
