@@ -537,15 +537,14 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
     // this position, so no row waits for another).
     residual_block(c.pre_norm, self.norm_weight, self.norm_bias, c.norm_eps, self.out_bias, x, h_.data(), o_.data(), n,
                    d, [&](const float* in, float* out) {
-                     uint8_t* keys = self_keys_.data() + (t * c.decoder_layers + l) * max_rows_ * d * kv_size_;
-                     uint8_t* values = self_values_.data() + (t * c.decoder_layers + l) * max_rows_ * d * kv_size_;
                      ops::matmul({{self.q, q_.data(), d}, {self.k, k_.data(), d}, {self.v, v_.data(), d}}, in, n);
                      parallel_for(n, n * (t + 1) * d > kParallelElements, [&](int64_t r) {
                        add_bias_row(q_.data() + r * d, self.q_bias, d);
                        add_bias_row(k_.data() + r * d, self.k_bias, d);
                        add_bias_row(v_.data() + r * d, self.v_bias, d);
-                       kernels::quantize_row(kv_type_, k_.data() + r * d, keys + r * d * kv_size_, d);
-                       kernels::quantize_row(kv_type_, v_.data() + r * d, values + r * d * kv_size_, d);
+                       const size_t slot = self_cache_offset(t, l, r);
+                       kernels::quantize_row(kv_type_, k_.data() + r * d, self_keys_.data() + slot, d);
+                       kernels::quantize_row(kv_type_, v_.data() + r * d, self_values_.data() + slot, d);
                        if (r + 1 < n) prefetch_cache(l, r + 1);
                        attend_cache(l, r, q_.data() + r * d, attended_.data() + r * d);
                      });
@@ -561,14 +560,9 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
                          static_cast<int64_t>(row_blocks_.size()), n * longest_source_ * d > kParallelElements,
                          [&](int64_t block) {
                            const auto [first, count] = row_blocks_[block];
-                           if (block + 1 < static_cast<int64_t>(row_blocks_.size())) {
-                             const int32_t next = sentence_[row_blocks_[block + 1].first];
-                             if (next != sentence_[first])
-                               for (int64_t h = 0; h < c.n_heads; ++h)
-                                 for (const uint8_t* cache : {keys, values})
-                                   prefetch_to_l2(cache + (h * source_tokens + source_start_[next]) * c.head_dim * kv_size_,
-                                                  source_length_[next] * c.head_dim * kv_size_);
-                           }
+                           if (block + 1 < static_cast<int64_t>(row_blocks_.size()) &&
+                               sentence_[row_blocks_[block + 1].first] != sentence_[first])
+                             prefetch_source(keys, values, sentence_[row_blocks_[block + 1].first]);
                            for (int64_t r = first; r < first + count; ++r) add_bias_row(q_.data() + r * d, cross.q_bias, d);
                            const int32_t s = sentence_[first];
                            attend_rows(q_.data() + first * d, count, kv_type_, keys, values, source_tokens,
@@ -591,13 +585,13 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
 // beam, each read from the slot of the ancestor that wrote it.
 void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* out) {
   const EncDecConfig& c = model_->config();
-  const int64_t d = c.d_model, n_keys = steps_ + 1;
+  const int64_t n_keys = steps_ + 1;
   const AttentionScratch scratch = attention_scratch(n_keys, c.head_dim);
   const void** key_rows = scratch.key_rows;
   const void** value_rows = scratch.value_rows;
   const int32_t* origin = origin_.data() + r * c.max_positions;
   for (int64_t p = 0; p < n_keys; ++p) {
-    const size_t offset = ((p * c.decoder_layers + layer) * max_rows_ + origin[p]) * d * kv_size_;
+    const size_t offset = self_cache_offset(p, layer, origin[p]);
     key_rows[p] = self_keys_.data() + offset;
     value_rows[p] = self_values_.data() + offset;
   }
@@ -605,16 +599,32 @@ void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* 
               scratch.scores, out);
 }
 
+// Byte offset of the self-attention cache's vector for `position`, `layer` and row slot `slot`.
+size_t EncDecState::self_cache_offset(int64_t position, int64_t layer, int64_t slot) const {
+  const EncDecConfig& c = model_->config();
+  return static_cast<size_t>(((position * c.decoder_layers + layer) * max_rows_ + slot) * c.d_model) * kv_size_;
+}
+
 // Row r's cached keys and values at `layer`, all positions, on their way into L2.
 void EncDecState::prefetch_cache(int64_t layer, int64_t r) const {
   const EncDecConfig& c = model_->config();
-  const int64_t d = c.d_model;
   const int32_t* origin = origin_.data() + r * c.max_positions;
   for (int64_t p = 0; p <= steps_; ++p) {
-    const size_t offset = ((p * c.decoder_layers + layer) * max_rows_ + origin[p]) * d * kv_size_;
-    prefetch_to_l2(self_keys_.data() + offset, d * kv_size_);
-    prefetch_to_l2(self_values_.data() + offset, d * kv_size_);
+    const size_t offset = self_cache_offset(p, layer, origin[p]);
+    prefetch_to_l2(self_keys_.data() + offset, c.d_model * kv_size_);
+    prefetch_to_l2(self_values_.data() + offset, c.d_model * kv_size_);
   }
+}
+
+// Sentence s's cross-attention keys and values of one layer (head-major `keys`, `values`), every
+// head, on their way into L2.
+void EncDecState::prefetch_source(const uint8_t* keys, const uint8_t* values, int32_t s) const {
+  const EncDecConfig& c = model_->config();
+  const int64_t source_tokens = static_cast<int64_t>(encoder_out_.size()) / c.d_model;
+  const size_t head_bytes = c.head_dim * kv_size_;
+  for (int64_t h = 0; h < c.n_heads; ++h)
+    for (const uint8_t* cache : {keys, values})
+      prefetch_to_l2(cache + (h * source_tokens + source_start_[s]) * head_bytes, source_length_[s] * head_bytes);
 }
 
 // The caches are position-major, so growing keeps every cached vector where it is; they double,

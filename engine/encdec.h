@@ -136,7 +136,9 @@ class EncDecState final : public DecoderStep {
                    int64_t first, int64_t count, float* out);
   void to_head_major(const float* rows, const float* bias, int64_t n, DType type, uint8_t* out) const;
   void attend_cache(int64_t layer, int64_t row, const float* q, float* out);
+  size_t self_cache_offset(int64_t position, int64_t layer, int64_t slot) const;
   void prefetch_cache(int64_t layer, int64_t row) const;
+  void prefetch_source(const uint8_t* keys, const uint8_t* values, int32_t s) const;
   void grow_self_attention_cache(int64_t positions);
 
   std::shared_ptr<const EncDecModel> model_;
