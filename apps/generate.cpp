@@ -11,7 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
+
 namespace {
+
+using cli::die;
+using cli::parse_number;
+using cli::seconds_since;
 
 const char* const kUsage = R"(usage: generate --model MODEL.qbin [--prompt TEXT | --chat] [options]
 
@@ -50,20 +56,8 @@ struct Options {
   octet_generate_params generate{};
 };
 
-[[noreturn]] void die(const std::string& message) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
-  std::exit(1);
-}
-
 void check(octet_status status, const char* what) {
   if (status != OCTET_OK) die(std::string(what) + ": " + octet_last_error());
-}
-
-double parse_number(const std::string& flag, const char* text) {
-  char* end = nullptr;
-  const double value = std::strtod(text, &end);
-  if (end == text || *end != '\0') die(flag + ": not a number: \"" + text + "\"");
-  return value;
 }
 
 int64_t parse_integer(const std::string& flag, const char* text) {
@@ -71,13 +65,6 @@ int64_t parse_integer(const std::string& flag, const char* text) {
   const long long value = std::strtoll(text, &end, 10);
   if (end == text || *end != '\0') die(flag + ": not an integer: \"" + text + "\"");
   return value;
-}
-
-int32_t parse_kv_type(const std::string& text) {
-  if (text == "f16") return OCTET_KV_F16;
-  if (text == "f32") return OCTET_KV_F32;
-  if (text == "q8_0") return OCTET_KV_Q8_0;
-  die("--kv-type: \"" + text + "\" is not f16, f32 or q8_0");
 }
 
 uint64_t parse_seed(const char* text) {
@@ -119,7 +106,7 @@ Options parse_arguments(int argc, char** argv) {
     else if (flag == "--stop") o.stop.push_back(value);
     else if (flag == "--threads") o.threads = parse_integer(flag, value);
     else if (flag == "--context") o.context = parse_integer(flag, value);
-    else if (flag == "--kv-type") o.kv_type = parse_kv_type(value);
+    else if (flag == "--kv-type") o.kv_type = cli::parse_kv_type(value);
     else if (flag == "--system") o.system = value;
     else if (flag == "--kernels") o.kernels = value;
     else die("unknown option " + flag + " (see --help)");
@@ -129,10 +116,6 @@ Options parse_arguments(int argc, char** argv) {
   if (o.chat && o.has_prompt) die("--prompt and --chat do not go together");
   if (!o.system.empty() && !o.chat) die("--system needs --chat");
   return o;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 // Streams each piece to stdout as it comes, keeping a copy (chat history needs the reply).

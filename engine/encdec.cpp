@@ -304,9 +304,17 @@ inline void prefetch_to_l2(const uint8_t* p, size_t bytes) {
 }  // namespace
 
 EncDecState::EncDecState(std::shared_ptr<const EncDecModel> model, DType kv_type)
-    : model_(std::move(model)), kv_type_(kv_type), kv_size_(kernels::row_bytes(kv_type, 1)) {
-  if (kv_type != DType::F32 && kv_type != DType::F16)
-    fail(ErrorCode::InvalidArgument, std::string("translation caches are f32 or f16, not ") + kernels::dtype_name(kv_type));
+    : model_(std::move(model)), kv_type_(kv_type) {
+  const EncDecConfig& c = model_->config();
+  if (kv_type != DType::F32 && kv_type != DType::F16 && kv_type != DType::Q8_0)
+    fail(ErrorCode::InvalidArgument, std::string("translation caches are f32, f16 or q8_0, not ") + kernels::dtype_name(kv_type));
+  // Attention reads a head's slice of a cached vector: with q8_0 it must be whole blocks.
+  if (kv_type == DType::Q8_0 && c.head_dim % kBlockSize != 0) {
+    fail(ErrorCode::InvalidArgument, "q8_0 translation caches need head_dim to be a multiple of " +
+                                         std::to_string(kBlockSize) + "; this model's is " + std::to_string(c.head_dim) +
+                                         " (use f16)");
+  }
+  vector_bytes_ = kernels::row_bytes(kv_type, c.d_model);
 }
 
 // x[i] = table[ids[i]] * embedding_scale + positions[positions_of[i]], then the embedding norm.
@@ -411,13 +419,13 @@ void EncDecState::encode(std::span<const int32_t> tokens, std::span<const int32_
   encoder_out_.assign(x, x + n * d);
 
   // Cross-attention keys and values: once per source batch, shared by every beam of a sentence.
-  cross_keys_.resize(c.decoder_layers * n * d * kv_size_);
-  cross_values_.resize(c.decoder_layers * n * d * kv_size_);
+  cross_keys_.resize(c.decoder_layers * n * vector_bytes_);
+  cross_values_.resize(c.decoder_layers * n * vector_bytes_);
   for (int64_t l = 0; l < c.decoder_layers; ++l) {
     const auto& a = m.decoder_layers[l].cross_attention;
     ops::matmul({{a.k, k_.data(), d}, {a.v, v_.data(), d}}, encoder_out_.data(), n);
-    to_head_major(k_.data(), a.k_bias, n, kv_type_, cross_keys_.data() + l * n * d * kv_size_);
-    to_head_major(v_.data(), a.v_bias, n, kv_type_, cross_values_.data() + l * n * d * kv_size_);
+    to_head_major(k_.data(), a.k_bias, n, kv_type_, cross_keys_.data() + l * n * vector_bytes_);
+    to_head_major(v_.data(), a.v_bias, n, kv_type_, cross_values_.data() + l * n * vector_bytes_);
   }
 
   // A fresh decoder: no positions, caches emptied (their memory kept for the next batch).
@@ -554,8 +562,8 @@ void EncDecState::step(std::span<const int32_t> parents, std::span<const int32_t
     residual_block(c.pre_norm, cross.norm_weight, cross.norm_bias, c.norm_eps, cross.out_bias, x, h_.data(),
                    o_.data(), n, d, [&](const float* in, float* out) {
                      ops::matmul(cross.q, in, n, q_.data(), d);
-                     const uint8_t* keys = cross_keys_.data() + l * source_tokens * d * kv_size_;
-                     const uint8_t* values = cross_values_.data() + l * source_tokens * d * kv_size_;
+                     const uint8_t* keys = cross_keys_.data() + l * source_tokens * vector_bytes_;
+                     const uint8_t* values = cross_values_.data() + l * source_tokens * vector_bytes_;
                      parallel_for(
                          static_cast<int64_t>(row_blocks_.size()), n * longest_source_ * d > kParallelElements,
                          [&](int64_t block) {
@@ -602,7 +610,7 @@ void EncDecState::attend_cache(int64_t layer, int64_t r, const float* q, float* 
 // Byte offset of the self-attention cache's vector for `position`, `layer` and row slot `slot`.
 size_t EncDecState::self_cache_offset(int64_t position, int64_t layer, int64_t slot) const {
   const EncDecConfig& c = model_->config();
-  return static_cast<size_t>(((position * c.decoder_layers + layer) * max_rows_ + slot) * c.d_model) * kv_size_;
+  return static_cast<size_t>((position * c.decoder_layers + layer) * max_rows_ + slot) * vector_bytes_;
 }
 
 // Row r's cached keys and values at `layer`, all positions, on their way into L2.
@@ -611,8 +619,8 @@ void EncDecState::prefetch_cache(int64_t layer, int64_t r) const {
   const int32_t* origin = origin_.data() + r * c.max_positions;
   for (int64_t p = 0; p <= steps_; ++p) {
     const size_t offset = self_cache_offset(p, layer, origin[p]);
-    prefetch_to_l2(self_keys_.data() + offset, c.d_model * kv_size_);
-    prefetch_to_l2(self_values_.data() + offset, c.d_model * kv_size_);
+    prefetch_to_l2(self_keys_.data() + offset, vector_bytes_);
+    prefetch_to_l2(self_values_.data() + offset, vector_bytes_);
   }
 }
 
@@ -621,7 +629,7 @@ void EncDecState::prefetch_cache(int64_t layer, int64_t r) const {
 void EncDecState::prefetch_source(const uint8_t* keys, const uint8_t* values, int32_t s) const {
   const EncDecConfig& c = model_->config();
   const int64_t source_tokens = static_cast<int64_t>(encoder_out_.size()) / c.d_model;
-  const size_t head_bytes = c.head_dim * kv_size_;
+  const size_t head_bytes = vector_bytes_ / c.n_heads;
   for (int64_t h = 0; h < c.n_heads; ++h)
     for (const uint8_t* cache : {keys, values})
       prefetch_to_l2(cache + (h * source_tokens + source_start_[s]) * head_bytes, source_length_[s] * head_bytes);
@@ -632,7 +640,7 @@ void EncDecState::prefetch_source(const uint8_t* keys, const uint8_t* values, in
 void EncDecState::grow_self_attention_cache(int64_t positions) {
   const EncDecConfig& c = model_->config();
   cache_positions_ = std::min<int64_t>(c.max_positions, std::max<int64_t>({positions, 2 * cache_positions_, 16}));
-  const size_t size = static_cast<size_t>(cache_positions_ * c.decoder_layers * max_rows_ * c.d_model) * kv_size_;
+  const size_t size = static_cast<size_t>(cache_positions_ * c.decoder_layers * max_rows_) * vector_bytes_;
   self_keys_.resize(size);
   self_values_.resize(size);
 }
