@@ -30,6 +30,7 @@
 
 #include "engine/model.h"
 #include "engine/qbin.h"
+#include "kernels/kernels.h"
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
@@ -56,7 +57,7 @@ const char* const kUsage = R"(usage: octet-bench [options] MODEL.qbin [MODEL.qbi
   --max-length N        encdec: generated tokens per sentence incl. EOS (default 256)
   --json FILE           also write the results as JSON
   --kernels NAME        force a kernel backend (scalar, avx2, avx512)
-  --kv-type T           LLM KV cache: f16 (default, as llama.cpp's), f32 or q8_0
+  --kv-type T           KV cache (LLM) or decoder caches (encdec): f16 (default), f32 or q8_0
   -h, --help            this help
 )";
 
@@ -288,6 +289,7 @@ json bench_llm(const std::string& path, const Options& o, const Bandwidth* bw) {
   r["load_ms"] = {{"median", 1e3 * median(loads)}, {"runs", loads}, {"verify_checksums", o.verify}};
   r["load_ms_other"] = {{"median", 1e3 * median(loads_other)}, {"runs", loads_other}, {"verify_checksums", !o.verify}};
 
+  r["kv_type"] = octet::kernels::dtype_name(o.kv_type);
   omp_set_num_threads(o.threads);
   int context = o.context;
   if (context == 0) context = std::max(*std::max_element(o.prompts.begin(), o.prompts.end()), o.gen) + 1;
@@ -363,11 +365,13 @@ json bench_translator(const std::string& path, const Options& o) {
   std::vector<const char*> sentences;
   for (const auto& l : lines) sentences.push_back(l.c_str());
   r["sentences"] = sentences.size();
+  r["kv_type"] = octet::kernels::dtype_name(o.kv_type);
   const bool rss_reset = reset_peak_rss();
 
   octet_translator_params tp;
   octet_translator_params_init(&tp);
   tp.verify_checksums = o.verify;
+  tp.kv_type = o.kv_type == octet::DType::F32 ? OCTET_KV_F32 : o.kv_type == octet::DType::Q8_0 ? OCTET_KV_Q8_0 : OCTET_KV_F16;
   octet_translator* translator = nullptr;
   check(octet_translator_load(path.c_str(), &tp, &translator), "octet_translator_load");
   octet_translator_free(translator);
