@@ -27,10 +27,15 @@ uint16_t half_at_least(float v) {
 // The largest finite half <= v.
 uint16_t half_at_most(float v) { return half_at_least(-v) ^ 0x8000u; }
 
-// Round half to even, then clamp; NaN gives lo (defined, if meaningless).
+// Round half to even, then clamp; NaN gives lo (defined, if meaningless). Within one of the
+// range, adding and subtracting 1.5 * 2^23 leaves no fraction bits, rounded as nearbyint rounds:
+// the same integers, without nearbyint's library call at baseline x86-64 (quantized KV caches
+// run this every decoder step).
 int round_clamp(float v, int lo, int hi) {
-  const float r = std::nearbyint(v);
-  if (!(r >= (float)lo)) return lo;
+  if (!(v >= (float)lo - 1.0f)) return lo;
+  if (v > (float)hi + 1.0f) return hi;
+  const float r = (v + 0x1.8p23f) - 0x1.8p23f;
+  if (r < (float)lo) return lo;
   if (r > (float)hi) return hi;
   return (int)r;
 }
@@ -38,7 +43,10 @@ int round_clamp(float v, int lo, int hi) {
 void quantize_q8_0(const float* x, BlockQ8_0* out, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, x += kBlockSize) {
     float amax = 0;
-    for (int j = 0; j < kBlockSize; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    for (int j = 0; j < kBlockSize; ++j) {
+      const float a = std::fabs(x[j]);
+      amax = a > amax ? a : amax;  // fmax's result (a NaN is skipped), without its library call
+    }
     out[b].d = half_at_least(amax / 127.0f);
     const float d = fp16_to_fp32(out[b].d);
     for (int j = 0; j < kBlockSize; ++j)
