@@ -278,7 +278,8 @@ def compare_translation(a):
                 out = tmp / "octet-tr.json"
                 res = run_json([str(a.octet_bench), "--threads", str(a.threads), "--runs", "1", "--no-bandwidth",
                                 "--sentences", str(sentences), "--beams", beams, "--batch", str(a.batch),
-                                "--max-length", str(a.max_length), "--json", str(out), str(ours)], out)["results"][0]
+                                "--max-length", str(a.max_length), "--kv-type", a.kv_type, "--json", str(out),
+                                str(ours)], out)["results"][0]
                 o_runs.append(res)
             else:
                 c_runs[side].append(run_json([sys.executable, __file__, "--ct2-worker", str(theirs), "--ct2-layout",
@@ -289,7 +290,8 @@ def compare_translation(a):
             f"beam {b}: octet {o_runs[-1]['translate'][str(b)]['target_tokens_per_s']:.0f} tok/s, ct2 " +
             " / ".join(f"{c_runs[k][-1]['translate'][str(b)]['target_tokens_per_s']:.0f}" for k in c_runs) +
             " tok/s (intra / inter)" for b in a.beams))
-    result = {"sentences": str(sentences), "batch": a.batch, "max_length": a.max_length, "by_beam": {},
+    result = {"sentences": str(sentences), "batch": a.batch, "max_length": a.max_length, "octet_kv_type": a.kv_type,
+              "by_beam": {},
               "ct2_version": c_runs["intra"][0]["version"]}
     keys = ("sentences_per_s", "target_tokens_per_s")
     for b in map(str, a.beams):
@@ -361,6 +363,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--n-sentences", type=int, default=0, help="translate only the first N sentences (0: all 500)")
+    ap.add_argument("--kv-type", default="f16", choices=("f16", "f32", "q8_0"),
+                    help="Octet's translation caches (CTranslate2 keeps float32 ones)")
     ap.add_argument("--octet-bench", type=Path, default=OCTET_BENCH)
     ap.add_argument("--tmp", default="/tmp/octet-bench")
     ap.add_argument("--json", help="write the report here")
