@@ -5,9 +5,10 @@
 #   cmake --build build-arm64 && ctest --test-dir build-arm64
 #
 # -DOCTET_KERNELS_ONLY=ON builds just the kernels and their tests, which need no other library.
-# The whole project needs the arm64 builds of its libraries (dpkg --add-architecture arm64, then
-# libpcre2-dev:arm64 libutf8proc-dev:arm64 libcurl4-openssl-dev:arm64); but Debian 12's
-# libsentencepiece is not multiarch: its arm64 package replaces the host's, breaking native builds.
+# The whole project needs the arm64 builds of its libraries. Debian 12's libsentencepiece is not
+# multiarch (its arm64 package would replace the host's), so they are not installed: their arm64
+# packages are unpacked into a folder of their own, named by -DOCTET_ARM64_SYSROOT=DIR
+# (scripts/test-arm.sh makes one with apt-get download and dpkg -x).
 #
 # Android (phones) does not use this file: pass the NDK's own toolchain file instead,
 #   cmake -S . -B build-android -DCMAKE_TOOLCHAIN_FILE=$NDK/build/cmake/android.toolchain.cmake \
@@ -20,22 +21,40 @@ set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
 set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
 
+set(OCTET_ARM64_SYSROOT "" CACHE PATH "unpacked arm64 packages of the libraries (whole-project builds)")
+list(APPEND CMAKE_TRY_COMPILE_PLATFORM_VARIABLES OCTET_ARM64_SYSROOT)
+set(library_path /usr/aarch64-linux-gnu/lib)
+if(OCTET_ARM64_SYSROOT)
+  set(unpacked ${OCTET_ARM64_SYSROOT}/usr/lib/aarch64-linux-gnu ${OCTET_ARM64_SYSROOT}/lib/aarch64-linux-gnu)
+  list(APPEND library_path ${unpacked})
+  # The linker resolves the libraries' own dependencies (curl's ssl, ...) from there too.
+  list(TRANSFORM unpacked PREPEND "-Wl,-rpath-link," OUTPUT_VARIABLE rpath_links)
+  string(JOIN " " rpath_links ${rpath_links})
+  set(CMAKE_EXE_LINKER_FLAGS_INIT "${rpath_links}")
+  set(CMAKE_SHARED_LINKER_FLAGS_INIT "${rpath_links}")
+endif()
+string(JOIN ":" library_path ${library_path})
+
 # "-cpu max" has every feature qemu emulates (dotprod included), so the NEON backend is tested.
 # -L runs the cross toolchain's dynamic loader; LD_LIBRARY_PATH makes it load the libc of its own
 # version even where multiarch libc6:arm64 is installed too (a mismatched pair hangs in
-# pthread_create).
-set(CMAKE_CROSSCOMPILING_EMULATOR
-    "qemu-aarch64;-L;/usr/aarch64-linux-gnu;-E;LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib;-cpu;max")
+# pthread_create), and the unpacked libraries.
+set(CMAKE_CROSSCOMPILING_EMULATOR "qemu-aarch64;-L;/usr/aarch64-linux-gnu;-E;LD_LIBRARY_PATH=${library_path};-cpu;max")
 
-# Headers and libraries come from the target: the cross sysroot, and the multiarch arm64
-# packages in /usr (lib/aarch64-linux-gnu). Programs (pkg-config, ...) come from the host.
+# Headers and libraries come from the target: the cross sysroot and the unpacked packages.
+# Programs (pkg-config, ...) come from the host.
 set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
-set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)
+set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu ${OCTET_ARM64_SYSROOT})
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY BOTH)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
 set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
 
 # pkg-config must see only the arm64 .pc files (and the architecture-independent ones).
-set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig)
+if(OCTET_ARM64_SYSROOT)
+  set(ENV{PKG_CONFIG_SYSROOT_DIR} ${OCTET_ARM64_SYSROOT})
+  set(ENV{PKG_CONFIG_LIBDIR} ${OCTET_ARM64_SYSROOT}/usr/lib/aarch64-linux-gnu/pkgconfig)
+else()
+  set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig)
+endif()
 set(ENV{PKG_CONFIG_PATH} "")

@@ -813,7 +813,7 @@ TEST_CASE("translate: one line out per line in, in order, empty lines kept, any 
   for (const auto& s : sentences) input += s + "\n";
   const auto in_path = tiny.dir / "in.txt";
   test::write_bytes(in_path, input.data(), input.size());
-  const std::string app = std::string(OCTET_BIN_DIR) + "/translate --model " + tiny.path + " --input " +
+  const std::string app = test::app_command("translate") + " --model " + tiny.path + " --input " +
                           in_path.string() + " --beam 4 --max-length 10 --length-penalty 0.6 --quiet";
   TranslationOptions o = small_options(4);
   o.n_best = 1;
@@ -862,7 +862,7 @@ TEST_CASE("translate: one line out per line in, in order, empty lines kept, any 
   const auto bad_path = tiny.dir / "bad.txt";
   test::write_bytes(bad_path, bad.data(), bad.size());
   const auto err_path = tiny.dir / "err.txt";
-  CHECK(run_command(std::string(OCTET_BIN_DIR) + "/translate --model " + tiny.path + " --input " + bad_path.string() +
+  CHECK(run_command(test::app_command("translate") + " --model " + tiny.path + " --input " + bad_path.string() +
                     " --output " + (tiny.dir / "bad_out.txt").string() + " 2> " + err_path.string()) != 0);
   CHECK(test::read_text(err_path).find("line 3: invalid UTF-8") != std::string::npos);
 }
@@ -1069,7 +1069,7 @@ TEST_CASE("translate: an empty line of a MarianMT model is transformers' transla
   REQUIRE(!expected[1].empty());
   const auto in_path = dir / "in.txt";
   test::write_bytes(in_path, input.data(), input.size());
-  const std::string app = std::string(OCTET_BIN_DIR) + "/translate --model " + model + " --input " +
+  const std::string app = test::app_command("translate") + " --model " + model + " --input " +
                           in_path.string() + " --beam 1 --max-length " +
                           std::to_string(golden.json["generate_kwargs"]["greedy"]["max_new_tokens"].get<int>()) + " --quiet";
   for (const char* mode : {"--batch-size 1", "--batch-size 16", "--stream"}) {

@@ -26,6 +26,11 @@ namespace octet::test {
 
 namespace fs = std::filesystem;
 
+#ifdef OCTET_BIN_DIR
+// The shell command that runs one of the built apps: through the emulator in a cross build.
+inline std::string app_command(const std::string& name) { return OCTET_RUN_APP + std::string(OCTET_BIN_DIR) + "/" + name; }
+#endif
+
 // tests/data/<relative> and ../shared/<relative> (see tests/CMakeLists.txt).
 inline fs::path test_data(const std::string& relative) { return fs::path(OCTET_TEST_DATA) / relative; }
 inline fs::path shared_data(const std::string& relative) { return fs::path(OCTET_SHARED) / relative; }
