@@ -23,17 +23,13 @@ set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
 
 set(OCTET_ARM64_SYSROOT "" CACHE PATH "unpacked arm64 packages of the libraries (whole-project builds)")
 list(APPEND CMAKE_TRY_COMPILE_PLATFORM_VARIABLES OCTET_ARM64_SYSROOT)
-set(library_path /usr/aarch64-linux-gnu/lib)
-if(OCTET_ARM64_SYSROOT)
-  set(unpacked ${OCTET_ARM64_SYSROOT}/usr/lib/aarch64-linux-gnu ${OCTET_ARM64_SYSROOT}/lib/aarch64-linux-gnu)
-  list(APPEND library_path ${unpacked})
-  # The linker resolves the libraries' own dependencies (curl's ssl, ...) from there too.
-  list(TRANSFORM unpacked PREPEND "-Wl,-rpath-link," OUTPUT_VARIABLE rpath_links)
-  string(JOIN " " rpath_links ${rpath_links})
-  set(CMAKE_EXE_LINKER_FLAGS_INIT "${rpath_links}")
-  set(CMAKE_SHARED_LINKER_FLAGS_INIT "${rpath_links}")
-endif()
-string(JOIN ":" library_path ${library_path})
+# The libraries' folders; the linker resolves their own dependencies (curl's ssl, ...) there too.
+set(unpacked ${OCTET_ARM64_SYSROOT}/usr/lib/aarch64-linux-gnu ${OCTET_ARM64_SYSROOT}/lib/aarch64-linux-gnu)
+list(TRANSFORM unpacked PREPEND "-Wl,-rpath-link," OUTPUT_VARIABLE rpath_links)
+string(JOIN " " rpath_links ${rpath_links})
+set(CMAKE_EXE_LINKER_FLAGS_INIT "${rpath_links}")
+set(CMAKE_SHARED_LINKER_FLAGS_INIT "${rpath_links}")
+string(JOIN ":" library_path /usr/aarch64-linux-gnu/lib ${unpacked})
 
 # "-cpu max" has every feature qemu emulates (dotprod included), so the NEON backend is tested.
 # -L runs the cross toolchain's dynamic loader; LD_LIBRARY_PATH makes it load the libc of its own
@@ -50,11 +46,7 @@ set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY BOTH)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
 set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
 
-# pkg-config must see only the arm64 .pc files (and the architecture-independent ones).
-if(OCTET_ARM64_SYSROOT)
-  set(ENV{PKG_CONFIG_SYSROOT_DIR} ${OCTET_ARM64_SYSROOT})
-  set(ENV{PKG_CONFIG_LIBDIR} ${OCTET_ARM64_SYSROOT}/usr/lib/aarch64-linux-gnu/pkgconfig)
-else()
-  set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig)
-endif()
+# pkg-config must see only the arm64 .pc files, and give their paths inside the unpacked folder.
+set(ENV{PKG_CONFIG_SYSROOT_DIR} "${OCTET_ARM64_SYSROOT}")
+set(ENV{PKG_CONFIG_LIBDIR} "${OCTET_ARM64_SYSROOT}/usr/lib/aarch64-linux-gnu/pkgconfig")
 set(ENV{PKG_CONFIG_PATH} "")
