@@ -306,14 +306,7 @@ inline void prefetch_to_l2(const uint8_t* p, size_t bytes) {
 EncDecState::EncDecState(std::shared_ptr<const EncDecModel> model, DType kv_type)
     : model_(std::move(model)), kv_type_(kv_type) {
   const EncDecConfig& c = model_->config();
-  if (kv_type != DType::F32 && kv_type != DType::F16 && kv_type != DType::Q8_0)
-    fail(ErrorCode::InvalidArgument, std::string("translation caches are f32, f16 or q8_0, not ") + kernels::dtype_name(kv_type));
-  // Attention reads a head's slice of a cached vector: with q8_0 it must be whole blocks.
-  if (kv_type == DType::Q8_0 && c.head_dim % kBlockSize != 0) {
-    fail(ErrorCode::InvalidArgument, "q8_0 translation caches need head_dim to be a multiple of " +
-                                         std::to_string(kBlockSize) + "; this model's is " + std::to_string(c.head_dim) +
-                                         " (use f16)");
-  }
+  ops::check_kv_type(kv_type, c.head_dim, "translation caches");
   vector_bytes_ = kernels::row_bytes(kv_type, c.d_model);
 }
 

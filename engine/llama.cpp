@@ -316,13 +316,7 @@ class LlamaState final : public DecoderState {
 };
 
 std::unique_ptr<DecoderState> LlamaModel::new_state(int32_t context_length, DType kv_type) const {
-  if (kv_type != DType::F32 && kv_type != DType::F16 && kv_type != DType::Q8_0)
-    fail(ErrorCode::InvalidArgument, std::string("new_state: a KV cache of ") + kernels::dtype_name(kv_type) +
-                                         " is not supported (f32, f16, q8_0)");
-  if (kernels::row_bytes(kv_type, config.head_dim) == 0)
-    fail(ErrorCode::InvalidArgument, std::string("new_state: a ") + kernels::dtype_name(kv_type) +
-                                         " KV cache needs head_dim to be a multiple of 32; this model's is " +
-                                         std::to_string(config.head_dim) + " (use f16)");
+  ops::check_kv_type(kv_type, config.head_dim, "new_state");
   if (context_length < 1 || context_length > config.context_length) {
     fail(ErrorCode::InvalidArgument, "new_state: context length " + std::to_string(context_length) +
                                          " is outside [1, " + std::to_string(config.context_length) + "]");

@@ -7,6 +7,7 @@
 
 #include <omp.h>
 
+#include "engine/error.h"
 #include "engine/parallel.h"
 #include "kernels/kernels.h"
 
@@ -315,6 +316,16 @@ void attend(const float* q, int64_t n_q, DType kv_type, const void* const* keys,
                      .scratch = scratch,
                      .out = out + h * head_dim,
                      .out_stride = row});
+  }
+}
+
+void check_kv_type(DType kv_type, int64_t head_dim, const std::string& who) {
+  const std::string type = kernels::dtype_name(kv_type);
+  if (kv_type != DType::F32 && kv_type != DType::F16 && kv_type != DType::Q8_0)
+    fail(ErrorCode::InvalidArgument, who + ": a KV cache of " + type + " is not supported (f32, f16, q8_0)");
+  if (kernels::row_bytes(kv_type, head_dim) == 0) {
+    fail(ErrorCode::InvalidArgument, who + ": a " + type + " KV cache needs head_dim to be a multiple of 32; this model's is " +
+                                         std::to_string(head_dim) + " (use f16)");
   }
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <initializer_list>
+#include <string>
 #include <vector>
 
 #include "kernels/blocks.h"
@@ -113,8 +114,8 @@ void activate(Activation activation, float* x, int64_t n);
 // Bidirectional attention of n_q queries that share n_keys keys and values found through
 // pointers, so they may lie anywhere: a sentence's tokens in a packed batch (which is what a key
 // padding mask selects), a beam's cache positions written by its ancestors, a sentence's encoder
-// output shared by its beams. Head h of key j is the head_dim elements of kv_type (F32 or F16) at
-// keys[j] + h * head_stride elements: head_stride is head_dim for rows with their heads side by
+// output shared by its beams. Head h of key j is the head_dim elements of kv_type (F32, F16, or
+// Q8_0 with head_dim and head_stride whole blocks) at keys[j] + h * head_stride elements: head_stride is head_dim for rows with their heads side by
 // side, and larger where each head's vectors lie together (the head-major layout, where one head's
 // keys are contiguous).
 //   out[i][h] = softmax_j(q[i][h] . keys[j][h] / sqrt(head_dim)) values[j][h]
@@ -123,5 +124,9 @@ void activate(Activation activation, float* x, int64_t n);
 // many at once.
 void attend(const float* q, int64_t n_q, DType kv_type, const void* const* keys, const void* const* values,
             int64_t n_keys, int64_t n_heads, int64_t head_dim, int64_t head_stride, float* scratch, float* out);
+
+// Refuses (InvalidArgument, messages starting "who: ") a KV cache type other than F32, F16 or
+// Q8_0, and Q8_0 for heads that are not whole blocks: attention reads each head's slice alone.
+void check_kv_type(DType kv_type, int64_t head_dim, const std::string& who);
 
 }  // namespace octet::ops
