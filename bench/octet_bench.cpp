@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apps/cli.h"
 #include "engine/model.h"
 #include "engine/qbin.h"
 #include "kernels/kernels.h"
@@ -228,7 +229,8 @@ struct Options {
   int max_length = 256;
   std::string json_path;
   std::string kernels;
-  octet::DType kv_type = octet::DType::F16;
+  octet::DType kv_type = octet::DType::F16;  // --kv-type, as the LLM state takes it
+  int32_t api_kv_type = OCTET_KV_F16;        // and as the C API does
 };
 
 int32_t argmax(const float* logits, int32_t n) {
@@ -371,7 +373,7 @@ json bench_translator(const std::string& path, const Options& o) {
   octet_translator_params tp;
   octet_translator_params_init(&tp);
   tp.verify_checksums = o.verify;
-  tp.kv_type = o.kv_type == octet::DType::F32 ? OCTET_KV_F32 : o.kv_type == octet::DType::Q8_0 ? OCTET_KV_Q8_0 : OCTET_KV_F16;
+  tp.kv_type = o.api_kv_type;
   octet_translator* translator = nullptr;
   check(octet_translator_load(path.c_str(), &tp, &translator), "octet_translator_load");
   octet_translator_free(translator);
@@ -453,9 +455,10 @@ Options parse(int argc, char** argv) {
     else if (flag == "--max-length") o.max_length = parse_int(flag, v);
     else if (flag == "--json") o.json_path = v;
     else if (flag == "--kernels") o.kernels = v;
-    else if (flag == "--kv-type" && std::string(v) == "f16") o.kv_type = octet::DType::F16;
-    else if (flag == "--kv-type" && std::string(v) == "f32") o.kv_type = octet::DType::F32;
-    else if (flag == "--kv-type" && std::string(v) == "q8_0") o.kv_type = octet::DType::Q8_0;
+    else if (flag == "--kv-type") {
+      o.api_kv_type = cli::parse_kv_type(v);          // the apps' names, checked; for the C API (translation)
+      octet::kernels::dtype_from_name(v, &o.kv_type);  // the same type for the LLM state
+    }
     else die("unknown option " + flag + " " + v + " (see --help)");
   }
   if (o.threads == 0) o.threads = omp_get_num_procs();

@@ -115,9 +115,9 @@ void activate(Activation activation, float* x, int64_t n);
 // pointers, so they may lie anywhere: a sentence's tokens in a packed batch (which is what a key
 // padding mask selects), a beam's cache positions written by its ancestors, a sentence's encoder
 // output shared by its beams. Head h of key j is the head_dim elements of kv_type (F32, F16, or
-// Q8_0 with head_dim and head_stride whole blocks) at keys[j] + h * head_stride elements: head_stride is head_dim for rows with their heads side by
-// side, and larger where each head's vectors lie together (the head-major layout, where one head's
-// keys are contiguous).
+// Q8_0 with head_dim and head_stride whole blocks) at keys[j] + h * head_stride elements:
+// head_stride is head_dim for rows with their heads side by side, and larger where each head's
+// vectors lie together (the head-major layout, where one head's keys are contiguous).
 //   out[i][h] = softmax_j(q[i][h] . keys[j][h] / sqrt(head_dim)) values[j][h]
 // q, out: [n_q][n_heads*head_dim]. scratch: kernels::attend_scratch_floats(n_q, n_keys, head_dim)
 // floats. A query's result has the same bits whatever queries share the call. Serial: callers run
