@@ -169,7 +169,7 @@ def settle_page_cache(paths):
     """Drops each file from the page cache and reads it back, so both sides start from the state a
     cold read leaves. How a file first entered the cache decides the size of its cached folios (on
     the 6.18 VM, 4 KiB after some writes, 2 MiB after a read), and with them the cost of mapping it:
-    the same 1.1 GB .qbin loaded in 83-92 ms with 4 KiB folios and in 39-43 ms with 2 MiB ones."""
+    the same 1.1 GB .qbin loaded in 82-92 ms with 4 KiB folios and in 39-43 ms with 2 MiB ones."""
     for path in paths:
         for f in ([path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())):
             with open(f, "rb") as fh:
